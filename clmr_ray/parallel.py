@@ -1,0 +1,57 @@
+"""Ray-parallel map for the data jobs (prepare, corpus generation).
+
+The data layer takes a plain `map_fn(fn, items)` so it never imports Ray; this module is the
+Ray side: tasks on a local Ray (or the cluster in RAY_ADDRESS), results in input order, a
+bounded number in flight so memory stays flat on large datasets.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import deque
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect to RAY_ADDRESS when set, else start a quiet local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 configure_logging=True, logging_level="WARNING")
+
+
+def ray_imap(fn: Callable[[T], R], items: Iterable[T], *, max_in_flight: int | None = None,
+             num_cpus_per_task: float = 1.0) -> Iterator[R]:
+    """Yield fn(item) for each item, computed in Ray tasks, in input order."""
+    import ray
+
+    ensure_ray()
+    remote = ray.remote(num_cpus=num_cpus_per_task, max_retries=2)(fn)
+    window = max_in_flight or max(2, int(ray.available_resources().get("CPU", 1)) * 2)
+    pending: deque = deque()
+    for item in items:
+        pending.append(remote.remote(item))
+        if len(pending) >= window:
+            yield ray.get(pending.popleft())
+    while pending:
+        yield ray.get(pending.popleft())
+
+
+def ray_map(fn: Callable[[T], R], items: Iterable[T], **kwargs) -> list[R]:
+    return list(ray_imap(fn, items, **kwargs))
+
+
+def progress(done: int, total: int, what: str, stream=sys.stderr) -> None:
+    """A one-line progress counter that rewrites itself on a terminal."""
+    end = "\n" if done >= total or not stream.isatty() else ""
+    if stream.isatty() or done == total or done % max(1, total // 10) == 0:
+        print(f"\r{what}: {done}/{total}", end=end, file=stream, flush=True)
