@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (hooked up as `clmr-ray bench ...`)."""

@@ -1,0 +1,131 @@
+"""Augmentation throughput: the batched pipeline vs one crop at a time (as a per-sample DataLoader
+transform does), same ops, same device.
+
+    python -m clmr_ray.bench.augment --preset paper --batch 32 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import torch
+
+from clmr_ray.augment import AugmentPipeline
+from clmr_ray.config import SPECTROGRAM_AUGS, WAVEFORM_AUGS, AugmentSpec
+from clmr_ray.config import preset as load_preset
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seconds(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
+    """Best wall time of fn() (the least disturbed by other load) after warm-up calls (FFT plans and conv kernels are cached per
+    shape, and the batched pitch shift sees a new group size on most calls)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _only(spec: AugmentSpec, name: str) -> AugmentSpec:
+    """A copy of spec with every augmentation but `name` disabled."""
+    off = {f.name: dataclasses.replace(getattr(spec, f.name), enabled=False) for f in dataclasses.fields(spec)}
+    off[name] = getattr(spec, name)
+    return AugmentSpec(**off)
+
+
+def compare(pipe: AugmentPipeline, x: torch.Tensor, seed: int, repeats: int, plain: bool = False) -> dict:
+    """Crops per second through pipe batched and one crop at a time, and their ratio."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    batched = pipe.plain if plain else (lambda b: pipe(b, g))
+    single = pipe.plain if plain else (lambda b: pipe(b, g, others=x))
+    t_batch = _seconds(lambda: batched(x), x.device, repeats)
+    t_loop = _seconds(lambda: [single(x[i : i + 1]) for i in range(x.shape[0])], x.device, repeats)
+    n = x.shape[0]
+    return {
+        "batched_crops_per_s": n / t_batch,
+        "per_example_crops_per_s": n / t_loop,
+        "speedup": t_loop / t_batch,
+    }
+
+
+def run(preset: str = "paper", batch: int = 32, device: str = "cpu", repeats: int = 3, ops: bool = True) -> dict:
+    spec = load_preset(preset)
+    sr, samples = spec.data.sample_rate, spec.pretrain.crop_samples
+    dev = torch.device(device)
+    x = 0.1 * torch.randn(batch, samples, generator=torch.Generator().manual_seed(0)).to(dev)
+    audio = AugmentPipeline(spec.audio.augment, sr).to(dev)
+    spectro_spec = spec.spectrogram
+    spectro = AugmentPipeline(spectro_spec.augment, sr, spectro_spec.mel).to(dev)
+    result = {
+        "preset": preset,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "sample_rate": sr,
+        "crop_samples": samples,
+        "audio": {"augs": audio.waveform_augs, **compare(audio, x, 0, repeats)},
+        "spectrogram": {"augs": spectro.waveform_augs + spectro.mask_augs, **compare(spectro, x, 0, repeats)},
+        "logmel": compare(spectro, x, 0, repeats, plain=True),
+    }
+    if ops:
+        result["ops"] = {}
+        for name in WAVEFORM_AUGS + SPECTROGRAM_AUGS:
+            pipe_spec = spectro_spec.augment if name in SPECTROGRAM_AUGS + ("noise_mix",) else spec.audio.augment
+            aug = dataclasses.replace(getattr(pipe_spec, name), enabled=True)
+            one = _only(dataclasses.replace(pipe_spec, **{name: aug}), name)
+            mel = spectro_spec.mel if name in SPECTROGRAM_AUGS else None
+            result["ops"][name] = {"p": aug.p, **compare(AugmentPipeline(one, sr, mel).to(dev), x, 0, repeats)}
+    return result
+
+
+def report(result: dict) -> str:
+    head = (
+        f"augmentation throughput, preset {result['preset']}: {result['batch']} crops x {result['crop_samples']} "
+        f"samples at {result['sample_rate']} Hz on {result['device']} ({result['threads']} threads)"
+    )
+    lines = [head, f"{'pipeline':<28}{'batched crops/s':>17}{'per-example':>14}{'speedup':>9}"]
+
+    def row(label, r):
+        lines.append(
+            f"{label:<28}{r['batched_crops_per_s']:>17.1f}{r['per_example_crops_per_s']:>14.1f}{r['speedup']:>8.1f}x"
+        )
+
+    row("audio (" + ",".join(result["audio"]["augs"]) + ")", result["audio"])
+    row("spectrogram (" + ",".join(result["spectrogram"]["augs"]) + ")", result["spectrogram"])
+    row("log-mel only", result["logmel"])
+    for name, r in result.get("ops", {}).items():
+        row(f"  {name} (p={r['p']})", r)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="clmr-ray bench augment", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-ops", action="store_true", help="skip the per-augmentation breakdown")
+    args = parser.parse_args(argv)
+    if args.batch < 2:
+        parser.error(f"--batch: noise mixing needs at least 2 crops, got {args.batch}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args.preset, args.batch, args.device, args.repeats, ops=not args.no_ops)
+    print(report(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Batched augmentations measured on real signals at 8 kHz: each op does what its parameters say."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from clmr_ray.augment import AugmentPipeline
+from clmr_ray.augment import audio as A
+from clmr_ray.augment.spectrogram import FREQ_DIM, TIME_DIM, mask_along_axis
+from clmr_ray.config import WAVEFORM_AUGS, AugmentSpec, MaskAug, MelSpec, SpecError, preset
+
+SR = 8000
+MEL = MelSpec(n_fft=256, hop_length=128, n_mels=32)
+
+
+def sine(freq_hz: float, seconds: float = 1.0, amplitude: float = 0.5) -> torch.Tensor:
+    t = torch.arange(int(seconds * SR)) / SR
+    return amplitude * torch.sin(2 * math.pi * freq_hz * t)
+
+
+def db(ratio: torch.Tensor) -> torch.Tensor:
+    return 20 * torch.log10(ratio)
+
+
+def peak_hz(x: torch.Tensor) -> torch.Tensor:
+    spectrum = torch.fft.rfft(x * torch.hann_window(x.shape[-1]), dim=-1).abs()
+    return spectrum.argmax(dim=-1) * SR / x.shape[-1]
+
+
+def disabled(**enabled) -> AugmentSpec:
+    """An AugmentSpec with everything off except the given augmentations (name=aug)."""
+    spec = AugmentSpec()
+    off = {f.name: dataclasses.replace(getattr(spec, f.name), enabled=False) for f in dataclasses.fields(spec)}
+    return AugmentSpec(**{**off, **enabled})
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------- functional ops
+
+
+def test_gain_changes_rms_by_the_drawn_db():
+    x = torch.randn(4, 4000)
+    gain_db = torch.tensor([-6.0, -1.5, 0.0, 3.0])
+    measured = db(A.rms(A.apply_gain(x, gain_db)) / A.rms(x))
+    assert torch.allclose(measured, gain_db, atol=1e-4)
+
+
+def test_white_noise_reaches_the_drawn_snr():
+    x = sine(440, seconds=4).repeat(3, 1)
+    snr_db = torch.tensor([5.0, 20.0, 35.0])
+    y = A.add_white_noise(x, snr_db, gen())
+    measured = db(A.rms(x) / A.rms(y - x))
+    assert (measured - snr_db).abs().max() < 0.5
+    assert torch.equal(A.add_white_noise(x, torch.full((3,), math.inf), gen()), x)
+
+
+def test_lowpass_and_highpass_in_one_batched_call():
+    low, high = sine(200), sine(3000)
+    x = torch.stack([high, low, low, high])
+    cutoff = torch.full((4,), 1000.0)
+    highpass = torch.tensor([False, False, True, True])
+    y = A.biquad_filter(x, cutoff, highpass, SR)
+    change = db(A.rms(y[:, 800:]) / A.rms(x[:, 800:]))  # skip the filter's onset
+    assert change[0] < -10  # 3 kHz through a 1 kHz low-pass
+    assert change[1].abs() < 1  # 200 Hz through it
+    assert change[2] < -10  # 200 Hz through a 1 kHz high-pass
+    assert change[3].abs() < 1
+
+
+def test_filter_cutoff_is_clamped_below_nyquist():
+    y = A.biquad_filter(sine(200).unsqueeze(0), torch.tensor([5000.0]), torch.tensor([False]), SR)
+    assert torch.isfinite(y).all() and y.shape == (1, SR)
+
+
+@pytest.mark.parametrize("rows", [[-5, 0, 3, 5], [2, 2, -1, 0]])
+def test_pitch_shift_moves_the_peak_by_the_drawn_semitones(rows):
+    x = sine(440, seconds=2).repeat(4, 1)
+    steps = torch.tensor(rows, dtype=torch.float32)
+    y = A.pitch_shift(x, steps, SR)
+    assert y.shape == x.shape
+    expected = 440 * 2 ** (steps / 12)
+    bin_hz = SR / x.shape[-1]
+    assert ((peak_hz(y) - expected).abs() <= 2 * bin_hz).all()
+    assert torch.equal(y[steps == 0], x[steps == 0])
+
+
+def test_pitch_ratio_is_a_small_fraction_within_two_cents():
+    for semitones in range(-12, 13):
+        ratio = A.semitone_ratio(semitones)
+        assert ratio.denominator <= 64
+        assert abs(1200 * math.log2(ratio) - 100 * semitones) < 2
+
+
+def test_polarity_flips_only_the_chosen_rows():
+    x = torch.randn(3, 100)
+    y = A.invert_polarity(x, torch.tensor([True, False, True]))
+    assert torch.equal(y, torch.stack([-x[0], x[1], -x[2]]))
+
+
+def test_delay_adds_an_attenuated_echo_per_example():
+    x = torch.zeros(2, 1000)
+    x[:, 0] = 1.0
+    y = A.add_delay(x, torch.tensor([100, 250]), 0.5)
+    assert y[0, 100] == 0.5 and y[1, 250] == 0.5 and y[:, 0].eq(1).all()
+    assert y.abs().sum() == pytest.approx(3.0)
+
+
+def test_reverb_tail_follows_rt60_and_dry_is_identity():
+    x = torch.zeros(2, SR)
+    x[:, 0] = 1.0
+    rt60 = torch.tensor([0.1, 0.5])
+    y = A.add_reverb(x, rt60, torch.tensor([1.0, 1.0]), SR, gen())
+    assert y.shape == x.shape
+    late = A.rms(y[:, int(0.3 * SR) : int(0.4 * SR)])
+    assert late[0] < late[1] * 1e-2  # the short room has died out, the long one rings on
+    dry = A.add_reverb(x, rt60, torch.zeros(2), SR, gen())
+    assert torch.equal(dry, x)
+
+
+def test_noise_mix_uses_another_clip_at_the_drawn_snr():
+    freqs = [300.0, 700.0, 1100.0, 1900.0]
+    x = torch.stack([sine(f) for f in freqs])
+    snr = torch.tensor([6.0, 10.0, 15.0, 20.0])
+    y = A.noise_mix(x, snr, "batch", gen())
+    added = y - x
+    spectrum_peak = peak_hz(added)
+    for i, f in enumerate(freqs):
+        assert spectrum_peak[i] != f and spectrum_peak[i] in freqs  # another example, never itself
+    assert (db(A.rms(x) / A.rms(added)) - snr).abs().max() < 1e-3
+    white = A.noise_mix(x, snr, "white", gen()) - x
+    assert (db(A.rms(x) / A.rms(white)) - snr).abs().max() < 1e-3
+
+
+def test_noise_mix_errors_are_one_line():
+    with pytest.raises(ValueError, match="needs >= 2 examples"):
+        A.noise_mix(torch.randn(1, 100), torch.tensor([10.0]), "batch", gen())
+    with pytest.raises(ValueError, match="unknown source 'pink'"):
+        A.noise_mix(torch.randn(2, 100), torch.tensor([10.0, 10.0]), "pink", gen())
+
+
+# --------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("dim", [FREQ_DIM, TIME_DIM])
+def test_masks_cover_at_most_the_fraction_and_half_on_average(dim):
+    spec = torch.randn(2000, 1, 40, 60) + 5.0
+    size = spec.shape[dim]
+    max_width = int(0.2 * size)
+    value = torch.full((2000,), -99.0)
+    out = mask_along_axis(spec, max_width, dim, gen(), value=value)
+    masked = (out == -99.0).any(dim=1)  # [N, F, T]
+    covered = masked.any(dim=-1 if dim == FREQ_DIM else -2).sum(dim=-1).float()  # lines per example
+    assert covered.max() <= max_width
+    assert covered.mean() == pytest.approx(max_width / 2, rel=0.1)
+    assert covered.unique().numel() > 3  # widths differ per example
+
+
+def test_masks_default_to_the_example_mean_and_respect_selection():
+    spec = torch.randn(4, 1, 20, 30) + torch.arange(4.0).view(4, 1, 1, 1) * 10
+    selected = torch.tensor([True, False, True, False])
+    out = mask_along_axis(spec, 10, FREQ_DIM, gen(1), selected)
+    assert torch.equal(out[~selected], spec[~selected])
+    means = spec.mean(dim=(1, 2, 3))
+    for i in (0, 2):
+        changed = out[i] != spec[i]
+        assert torch.allclose(out[i][changed], means[i].expand(int(changed.sum())))
+
+
+# ------------------------------------------------------------------------ pipeline
+
+
+def test_everything_disabled_is_the_identity():
+    x = torch.randn(4, 2000)
+    pipe = AugmentPipeline(disabled(), SR)
+    assert torch.equal(pipe(x, gen()), x)
+    assert torch.equal(pipe.plain(x), x)
+    mel_pipe = AugmentPipeline(disabled(), SR, MEL)
+    assert torch.equal(mel_pipe(x, gen()), mel_pipe.plain(x))
+
+
+@pytest.mark.parametrize("name", WAVEFORM_AUGS)
+def test_each_waveform_aug_keeps_length_and_p0_is_identity(name):
+    x = 0.3 * torch.randn(4, 4000)
+    default = getattr(AugmentSpec(), name)
+    always = AugmentPipeline(disabled(**{name: dataclasses.replace(default, enabled=True, p=1.0)}), SR)
+    never = AugmentPipeline(disabled(**{name: dataclasses.replace(default, enabled=True, p=0.0)}), SR)
+    y = always(x, gen())
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert torch.equal(never(x, gen()), x)
+    if name != "pitch":  # 0 semitones may be drawn
+        assert not torch.equal(y, x)
+
+
+def test_parameters_differ_within_a_batch():
+    x = torch.randn(1, 4000).repeat(8, 1)
+    pipe = AugmentPipeline(disabled(gain=dataclasses.replace(AugmentSpec().gain, p=1.0)), SR)
+    gains = db(A.rms(pipe(x, gen())) / A.rms(x))
+    assert gains.unique().numel() == 8
+    assert gains.min() >= -6.0 - 1e-4 and gains.max() <= 1e-4
+
+
+def test_probability_picks_a_random_subset():
+    x = torch.randn(1, 1000).repeat(400, 1)
+    pipe = AugmentPipeline(disabled(polarity=dataclasses.replace(AugmentSpec().polarity, enabled=True, p=0.3)), SR)
+    flipped = (pipe(x, gen())[:, 0] != x[:, 0]).float().mean()
+    assert flipped == pytest.approx(0.3, abs=0.08)
+
+
+@pytest.mark.parametrize("name", ["tiny", "paper"])
+def test_preset_pipelines_are_reproducible_from_the_generator(name):
+    spec = preset(name)
+    sr, mel = spec.data.sample_rate, spec.spectrogram.mel
+    x = 0.3 * torch.randn(4, 6561)
+    for pipe in (AugmentPipeline(spec.audio.augment, sr), AugmentPipeline(spec.spectrogram.augment, sr, mel)):
+        a, b, c = pipe(x, gen(7)), pipe(x, gen(7)), pipe(x, gen(8))
+        assert torch.equal(a, b) and not torch.equal(a, c)
+        assert a.shape == pipe.plain(x).shape and torch.isfinite(a).all()
+    assert AugmentPipeline(spec.spectrogram.augment, sr, mel)(x, gen()).shape == (4, 1, mel.n_mels, 6561 // mel.hop_length + 1)
+
+
+def test_spectrogram_pipeline_masks_after_logmel():
+    x = 0.3 * torch.randn(6, 8000)
+    masks = {"enabled": True, "p": 1.0, "max_fraction": 0.25, "n_masks": 2}
+    pipe = AugmentPipeline(disabled(freq_mask=MaskAug(**masks), time_mask=MaskAug(**masks)), SR, MEL)
+    out, clean = pipe(x, gen()), pipe.plain(x)
+    changed = (out != clean).float().mean(dim=(1, 2, 3))
+    assert (changed > 0).all() and (changed < 1 - (1 - 0.5) ** 2).all()
+
+
+def test_pipeline_errors_are_one_line():
+    with pytest.raises(SpecError) as exc:
+        AugmentPipeline(disabled(time_mask=MaskAug(enabled=True)), SR)
+    assert "augment.time_mask" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(SpecError, match="n_masks"):
+        AugmentPipeline(disabled(freq_mask=MaskAug(enabled=True, n_masks=-1)), SR, MEL)
+    pipe = AugmentPipeline(AugmentSpec(), SR)
+    with pytest.raises(ValueError, match=r"expected waveforms \[N, T\]"):
+        pipe(torch.randn(2, 2, 100), gen())
+    with pytest.raises(ValueError, match="dtype torch.int16"):
+        pipe(torch.zeros(2, 100, dtype=torch.int16), gen())
+
+
+def test_others_pool_lets_a_single_crop_mix_from_the_batch():
+    batch = torch.stack([sine(f) for f in (300.0, 700.0)])
+    spec = disabled(noise_mix=dataclasses.replace(AugmentSpec().noise_mix, enabled=True, p=1.0))
+    pipe = AugmentPipeline(spec, SR)
+    y = pipe(batch[:1], gen(), others=batch[1:])
+    assert peak_hz(y - batch[:1]).item() == 700.0
+
+
+def test_autocast_does_not_change_the_augmentation():
+    spec = preset("tiny")
+    pipe = AugmentPipeline(spec.audio.augment, SR)
+    x = 0.3 * torch.randn(4, 6561)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = pipe(x, gen(3))
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, pipe(x, gen(3)))

@@ -1,0 +1,144 @@
+"""Encoders, heads and the log-mel frontend: shapes at the paper and tiny presets, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clmr_ray.config import EncoderSpec, MelSpec, SpecError, preset
+from clmr_ray.models import (
+    ENCODERS,
+    LinearHead,
+    LogMel,
+    MLPHead,
+    Projector,
+    build_encoder,
+    build_head,
+    count_parameters,
+    register_encoder,
+)
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_registry_lists_the_paper_encoders():
+    assert {"samplecnn", "resnet18", "resnet10"} <= set(ENCODERS)
+
+
+def test_samplecnn_paper_scale_gives_512_features():
+    encoder = build_encoder(EncoderSpec(name="samplecnn"), crop_samples=59049).eval()
+    print(f"samplecnn paper: {count_parameters(encoder):,} parameters")
+    assert encoder.out_dim == 512
+    with torch.no_grad():
+        assert encoder(torch.randn(2, 59049)).shape == (2, 512)
+        assert encoder(torch.randn(2, 1, 59049)).shape == (2, 512)
+    # width 1.0 ends at 512 channels: no projection layer is added
+    assert isinstance(encoder.fc, torch.nn.Identity)
+
+
+def test_samplecnn_paper_clip_length_also_works():
+    encoder = build_encoder(EncoderSpec(name="samplecnn", width=0.125), crop_samples=110250).eval()
+    with torch.no_grad():
+        assert encoder(torch.randn(2, 110250)).shape == (2, 512)
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo"])
+def test_samplecnn_small_presets(name):
+    spec = preset(name)
+    samples = spec.pretrain.crop_samples
+    encoder = build_encoder(spec.audio.encoder, crop_samples=samples)
+    print(f"samplecnn {name}: {count_parameters(encoder):,} parameters")
+    assert encoder(torch.randn(3, samples)).shape == (3, spec.audio.encoder.out_dim)
+    if name == "tiny":  # 6561 = 3^8: the last two blocks cannot pool any more
+        pools = [type(block[-1]).__name__ for block in encoder.blocks]
+        assert pools.count("Identity") == 2
+
+
+def test_samplecnn_projects_to_requested_out_dim():
+    encoder = build_encoder(EncoderSpec(name="samplecnn", width=0.125, out_dim=96), crop_samples=6561)
+    assert encoder.out_dim == 96
+    assert encoder(torch.randn(2, 6561)).shape == (2, 96)
+
+
+def test_resnet18_on_paper_mel():
+    encoder = build_encoder(EncoderSpec(name="resnet18"), crop_samples=59049).eval()
+    print(f"resnet18: {count_parameters(encoder):,} parameters")
+    with torch.no_grad():
+        assert encoder(torch.randn(2, 1, 128, 116)).shape == (2, 512)
+    assert encoder.out_dim == 512
+
+
+def test_resnet10_on_tiny_mel():
+    spec = preset("tiny")
+    encoder = build_encoder(spec.spectrogram.encoder, crop_samples=spec.pretrain.crop_samples)
+    print(f"resnet10: {count_parameters(encoder):,} parameters")
+    mel = LogMel(spec.data.sample_rate, spec.spectrogram.mel)
+    features = encoder(mel(torch.randn(3, spec.pretrain.crop_samples)))
+    assert features.shape == (3, 512)
+
+
+def test_unknown_encoder_is_one_line_with_suggestion():
+    with pytest.raises(SpecError) as exc:
+        build_encoder(EncoderSpec(name="samplecnnn"), crop_samples=59049)
+    message = one_line(exc)
+    assert "samplecnnn" in message and "did you mean 'samplecnn'" in message and "resnet18" in message
+
+
+def test_bad_width_and_duplicate_registration():
+    with pytest.raises(SpecError, match="encoder.width"):
+        build_encoder(EncoderSpec(width=0.0), crop_samples=59049)
+    with pytest.raises(SpecError, match="crop_samples"):
+        build_encoder(EncoderSpec(), crop_samples=2)
+    with pytest.raises(ValueError, match="already registered"):
+        register_encoder("samplecnn")(lambda spec, crop: None)
+
+
+def test_logmel_paper_shape_fp32_under_autocast():
+    mel = LogMel(22050, MelSpec())
+    x = 0.1 * torch.randn(2, 59049)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mel(x)
+    assert out.shape == (2, 1, 128, 116) and out.dtype == torch.float32
+    assert mel.frames(59049) == 116
+
+
+def test_logmel_standardises_each_example():
+    mel = LogMel(8000, MelSpec(n_fft=256, hop_length=128, n_mels=32))
+    x = 0.1 * torch.randn(3, 4000)
+    x[1] *= 0.01  # 40 dB quieter: same spectrogram once standardised
+    x[2] = 0.0  # silence maps to zeros, not NaN
+    out = mel(x)
+    mean, std = out.mean(dim=(1, 2, 3)), out.std(dim=(1, 2, 3))
+    assert torch.allclose(mean[:2], torch.zeros(2), atol=1e-4)
+    assert torch.allclose(std[:2], torch.ones(2), atol=1e-3)
+    assert torch.equal(out[2], torch.zeros_like(out[2]))
+    loud = mel(x[:1])
+    quiet = mel(x[:1] * 0.01)
+    assert torch.allclose(loud, quiet, atol=1e-3)
+
+
+def test_logmel_raw_db_respects_top_db_per_example():
+    mel = LogMel(8000, MelSpec(n_fft=256, hop_length=128, n_mels=32, top_db=60.0), standardize=False)
+    x = torch.randn(2, 4000)
+    x[1] *= 1e-3
+    out = mel(x)
+    for row in out:
+        assert row.max() - row.min() <= 60.0 + 1e-3
+    assert out[1].max() < out[0].max() - 50  # the quiet example was not clamped to the loud one's floor
+
+
+def test_heads():
+    h = torch.randn(4, 512)
+    assert Projector(512, 512, 128)(h).shape == (4, 128)
+    assert LinearHead(512, 10)(h).shape == (4, 10)
+    mlp = MLPHead(512, 64, 10)
+    assert mlp(h).shape == (4, 10) and len(list(mlp.children())) == 3
+    assert isinstance(build_head("linear", 512, 10), LinearHead)
+    assert isinstance(build_head("mlp", 512, 10, hidden=32), MLPHead)
+    with pytest.raises(SpecError) as exc:
+        build_head("svm", 512, 10)
+    assert "svm" in one_line(exc)
