@@ -22,6 +22,7 @@ examples:
   clmr-ray demo                                  prepare the synthetic corpora (offline, CPU)
   clmr-ray prepare synthetic --preset demo       generate + cache the synthetic genre corpus
   clmr-ray prepare gtzan --root ~/data/gtzan     decode + resample GTZAN once into a crop cache
+  clmr-ray run --preset tiny --set format=both     one experiment in this process
   clmr-ray spec --preset tiny --set pretrain.lr=1e-3   print the resolved experiment spec
   clmr-ray bench augment --preset paper          batched vs per-example augmentation throughput
 
@@ -70,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the embedded default (synthetic data, local Ray, CPU)")
     p.add_argument("--serial", action="store_true", help="decode in this process instead of Ray tasks")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run one experiment in this process: prepare, pretrain, evaluate",
+                       description="Run one experiment without Ray Train (one process, CPU or one GPU). "
+                       "Pretrained encoders are stored by content hash under $CLMR_RAY_DATA/encoders and "
+                       "reused by any later experiment that needs the same encoder.")
+    _add_spec_args(p)
+    p.add_argument("--device", help="cpu | cuda (default: cuda when scaling.use_gpu and available)")
+    p.add_argument("--serial", action="store_true", help="prepare data in this process instead of Ray tasks")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("spec", help="print the fully resolved experiment spec as YAML",
                        description="Resolve preset + spec file + --set overrides and print every field; "
@@ -122,21 +132,15 @@ def cmd_prepare(args) -> int:
 
 def prepare_data(data: config.DataSpec, min_samples: int, *, cache_root=None, serial=False):
     """Scan (generating a synthetic corpus if needed) and cache one dataset; print a summary."""
-    from clmr_ray.data import cache, registry
+    from clmr_ray.experiment import prepare_dataset
 
     map_fn = map
     if not serial:
-        from clmr_ray.parallel import ray_map
+        from clmr_ray.parallel import ray_imap
 
-        map_fn = ray_map
+        map_fn = ray_imap
     started = time.perf_counter()
-    listing = registry.scan(data, map_fn=map_fn)
-    scanned = time.perf_counter()
-    prepared = cache.prepare(
-        listing, data.sample_rate, min_samples=min_samples, dtype=data.cache_dtype,
-        cache_root=Path(cache_root) if cache_root else None, map_fn=map_fn,
-        strict=data.dataset == "gtzan",
-    )
+    listing, prepared, scanned = prepare_dataset(data, min_samples, map_fn=map_fn, cache_root=cache_root)
     elapsed = time.perf_counter() - scanned
     counts = prepared.manifest.get("counts", {})
     n_files = len(listing.tracks)
@@ -150,6 +154,23 @@ def prepare_data(data: config.DataSpec, min_samples: int, *, cache_root=None, se
     print(f"  {len(listing.label_names)} {'tags' if listing.multilabel else 'labels'} at "
           f"{data.sample_rate} Hz; tracks: {split_text}; rejected: {len(prepared.manifest.get('rejected', []))}")
     return prepared
+
+
+def cmd_run(args) -> int:
+    from clmr_ray.experiment import run_experiment
+
+    spec = resolve_spec(args)
+    map_fn = map
+    if not args.serial:
+        from clmr_ray.parallel import ray_imap
+
+        map_fn = ray_imap
+    result = run_experiment(spec, map_fn=map_fn, device=args.device)
+    m = result.metrics
+    print(f"[{spec.name}] format {spec.format}: test acc {m['test_acc']:.3f}, test mAP {m['test_map']:.3f}, "
+          f"valid mAP {m['valid_map']:.3f} (trained: {', '.join(result.trained) or 'none'}; "
+          f"reused: {', '.join(result.reused) or 'none'}; {result.seconds['total']:.1f} s)")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -167,7 +188,8 @@ def cmd_bench(args) -> int:
         from clmr_ray.bench import augment as bench
     else:
         from clmr_ray.bench import step as bench
-    return bench.main(args.rest) or 0
+    status = bench.main(args.rest)
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

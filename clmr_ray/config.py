@@ -452,6 +452,8 @@ def _hashable(obj):
             for f in dataclasses.fields(obj)
             if f.metadata.get("hash", True)
         }
+    if isinstance(obj, dict):
+        return {str(k): _hashable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_hashable(v) for v in obj]
     return obj

@@ -1,0 +1,170 @@
+"""One experiment end to end in plain torch: data -> pretrain each encoder -> evaluate.
+
+Pretrained encoders are content-addressed: `encoder_key` hashes exactly what determines an
+encoder (its pretraining data, its pipeline, the pretraining spec and the seed; not the
+evaluation, the scaling or any path), so Table 2's "both" row reuses the two encoders Table 1
+already trained. The Ray layer swaps `pretrain_fn` for a distributed one; nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import DataSpec, ExperimentSpec, spec_hash
+from .data import cache as crop_cache
+from .data import registry
+from .data.base import data_dir
+from .evaluate import FORMATS, evaluate
+from .pretrain import PretrainResult, TrainContext, encoders_from_states, pretrain
+
+PretrainFn = Callable[[ExperimentSpec, str, crop_cache.CropCache], PretrainResult]
+
+
+def pretrain_units(spec: ExperimentSpec) -> tuple[str, ...]:
+    """The pretraining runs an experiment needs: 'audio', 'spectrogram', or 'both' (one joint
+    cross-format run)."""
+    if spec.pretrain.objective == "cross_format":
+        return ("both",)
+    return FORMATS[spec.format]
+
+
+def encoder_key(spec: ExperimentSpec, unit: str) -> str:
+    """Content hash of everything that determines the encoder(s) of one pretraining unit."""
+    formats = FORMATS[unit]
+    return f"{unit}-" + spec_hash({
+        "unit": unit,
+        "data": spec.pretrain_data or spec.data,
+        "pipelines": {f: getattr(spec, f) for f in formats},
+        "pretrain": spec.pretrain,
+        "seed": spec.seed,
+    })
+
+
+class EncoderStore:
+    """Pretrained encoder states on disk, one file per encoder key, written atomically."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root is not None else data_dir() / "encoders"
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def load(self, key: str) -> dict | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    def save(self, key: str, result: PretrainResult, spec: ExperimentSpec) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        payload = {"encoder_states": result.encoder_states, "history": result.history,
+                   "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+                   "spec_hash": spec_hash(spec)}
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=self.root)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+        os.replace(tmp, self.path(key))
+        return self.path(key)
+
+
+@dataclass
+class ExperimentResult:
+    metrics: dict
+    encoder_keys: dict[str, str]  # unit -> key
+    trained: list[str] = field(default_factory=list)  # units pretrained by this run
+    reused: list[str] = field(default_factory=list)  # units loaded from the store
+    histories: dict[str, list[dict]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_caches(spec: ExperimentSpec, map_fn: Callable = map
+                   ) -> tuple[crop_cache.CropCache, crop_cache.CropCache]:
+    """(evaluation cache, pretraining cache); the same cache when no pretrain_data is set."""
+    def one(data):
+        _, prepared, _ = prepare_dataset(data, spec.pretrain.crop_samples, map_fn=map_fn)
+        return crop_cache.open_cache(prepared.path)
+
+    evaluation = one(spec.data)
+    return evaluation, (one(spec.pretrain_data) if spec.pretrain_data is not None else evaluation)
+
+
+def prepare_dataset(data: DataSpec, min_samples: int, *, map_fn: Callable = map, cache_root=None):
+    """Scan one dataset (generating a synthetic corpus if needed) and build or reuse its crop
+    cache; returns (listing, PreparedCache, time the scan finished)."""
+    listing = registry.scan(data, map_fn=map_fn)
+    scanned = time.perf_counter()
+    prepared = crop_cache.prepare(listing, data.sample_rate, min_samples=min_samples, dtype=data.cache_dtype,
+                                  cache_root=cache_root, map_fn=map_fn, **strict_policy(data))
+    return listing, prepared, scanned
+
+
+def strict_policy(data: DataSpec) -> dict:
+    """GTZAN is a fixed benchmark split: any unusable file is an error, except the one known
+    corrupt file of the widespread copy (jazz.00054)."""
+    if data.dataset != "gtzan":
+        return {}
+    from .data.gtzan import KNOWN_CORRUPT
+
+    return {"strict": True, "tolerate": KNOWN_CORRUPT}
+
+
+def local_pretrain_fn(device: str | torch.device = "cpu", report=None) -> PretrainFn:
+    """Pretrain in this process (tests, a single GPU box, the GPU benchmarks)."""
+    def run(spec: ExperimentSpec, unit: str, cache: crop_cache.CropCache) -> PretrainResult:
+        ctx = TrainContext(device=device) if report is None else TrainContext(device=device, report=report)
+        return pretrain(spec, unit, cache.split("train"), cache.split("valid"), ctx)
+    return run
+
+
+def default_device(spec: ExperimentSpec) -> str:
+    return "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+
+
+def run_experiment(spec: ExperimentSpec, *, store: EncoderStore | None = None,
+                   pretrain_fn: PretrainFn | None = None, map_fn: Callable = map,
+                   device: str | None = None, log: Callable[[str], None] = print) -> ExperimentResult:
+    """Prepare data, pretrain (or reuse) every encoder the experiment needs, evaluate."""
+    store = store or EncoderStore()
+    device = device or default_device(spec)
+    pretrain_fn = pretrain_fn or local_pretrain_fn(device)
+    started = time.perf_counter()
+    eval_cache, pretrain_cache = prepare_caches(spec, map_fn)
+    seconds = {"prepare": time.perf_counter() - started}
+
+    result = ExperimentResult(metrics={}, encoder_keys={})
+    states: dict[str, dict] = {}
+    for unit in pretrain_units(spec):
+        key = encoder_key(spec, unit)
+        result.encoder_keys[unit] = key
+        stored = store.load(key)
+        if stored is not None:
+            log(f"[{spec.name}] {unit} encoder {key}: reused from {store.path(key)}")
+            result.reused.append(unit)
+        else:
+            log(f"[{spec.name}] {unit} encoder {key}: pretraining {spec.pretrain.epochs} epochs")
+            t0 = time.perf_counter()
+            trained = pretrain_fn(spec, unit, pretrain_cache)
+            seconds[f"pretrain_{unit}"] = time.perf_counter() - t0
+            store.save(key, trained, spec)
+            stored = store.load(key)
+            result.trained.append(unit)
+        states.update(stored["encoder_states"])
+        result.histories[unit] = stored["history"]
+
+    t0 = time.perf_counter()
+    encoders = {f: e.to(device) for f, e in encoders_from_states(spec, states).items()}
+    result.metrics = evaluate(spec, encoders, eval_cache, device)
+    seconds["evaluate"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+    result.seconds = seconds
+    return result

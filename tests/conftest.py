@@ -1,0 +1,90 @@
+"""Shared fixtures. Data: tiny real audio files written with soundfile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from torchaudio.datasets import gtzan
+
+
+def write_noise(
+    path,
+    seconds: float = 0.05,
+    sample_rate: int = 8000,
+    amplitude: float = 0.01,
+    seed: int = 0,
+    channels: int = 1,
+) -> Path:
+    """Write low-level uniform noise (peak ~amplitude) as 16-bit PCM, in the format of the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = (round(seconds * sample_rate), channels)
+    sf.write(
+        path, rng.uniform(-amplitude, amplitude, size=shape).astype(np.float32), sample_rate, subtype="PCM_16"
+    )
+    return path
+
+
+GTZAN_IDS = gtzan.filtered_train + gtzan.filtered_valid + gtzan.filtered_test
+
+
+def make_gtzan(parent: Path, au_every: int = 7) -> Path:
+    """Every id of torchaudio's filtered split as a 0.05 s noise file in parent/<genre>/; every
+    au_every-th one as .au, the rest as .wav (one encoding of each, copied: 930 files)."""
+    encoded = {ext: write_noise(parent / f"noise{ext}").read_bytes() for ext in (".au", ".wav")}
+    for ext in encoded:
+        (parent / f"noise{ext}").unlink()
+    for genre in {track_id.split(".")[0] for track_id in GTZAN_IDS}:
+        (parent / genre).mkdir(parents=True, exist_ok=True)
+    for i, track_id in enumerate(GTZAN_IDS):
+        ext = ".au" if i % au_every == 0 else ".wav"
+        (parent / track_id.split(".")[0] / f"{track_id}{ext}").write_bytes(encoded[ext])
+    return parent
+
+
+@pytest.fixture(scope="session")
+def gtzan_tree(tmp_path_factory) -> Path:
+    """A read-only fake GTZAN: <root>/genres_original/<genre>/<id>.wav|.au. Copy it to mutate."""
+    root = tmp_path_factory.mktemp("gtzan")
+    make_gtzan(root / "genres_original")
+    return root
+
+
+@pytest.fixture
+def noise_file():
+    return write_noise
+
+
+MTAT_TAGS = ["guitar", "piano", "rock", "quiet", "never"]
+MTAT_TAG_ROWS = [
+    [1, 0, 1, 0, 0],
+    [1, 1, 0, 0, 0],
+    [0, 0, 0, 0, 0],
+    [1, 0, 0, 1, 0],
+    [0, 0, 0, 0, 0],
+    [0, 1, 0, 0, 0],
+    [1, 0, 0, 0, 0],
+    [0, 0, 0, 1, 0],
+]
+
+
+def make_mtat(root: Path) -> Path:
+    """A MagnaTagATune layout: two clips in each of folders 0 and b (train), c (valid), e (test),
+    and a tab-separated annotations_final.csv with every field quoted, as in the real file."""
+    rows = []
+    for clip, (folder, tags) in enumerate(zip("00bbccee", MTAT_TAG_ROWS)):
+        rel = f"{folder}/artist-album-{clip:02d}-song-0-29.wav"
+        write_noise(root / rel, seed=clip)
+        rows.append([f'"{clip}"'] + [f'"{v}"' for v in tags] + [f'"{rel}"'])
+    header = ['"clip_id"'] + [f'"{t}"' for t in MTAT_TAGS] + ['"mp3_path"']
+    (root / "annotations_final.csv").write_text("\n".join("\t".join(r) for r in [header] + rows) + "\n")
+    return root
+
+
+@pytest.fixture(name="make_mtat")
+def make_mtat_fixture():
+    return make_mtat

@@ -1,0 +1,52 @@
+"""One experiment through the orchestration (and the CLI): data, pretraining, encoder reuse, evaluation."""
+
+from clmr_ray import config
+from clmr_ray.cli import main
+from clmr_ray.experiment import EncoderStore, encoder_key, pretrain_units, run_experiment
+
+FAST = {"pretrain.epochs": 1, "eval.epochs": 5, "audio.augment.pitch.enabled": False}
+
+
+def test_both_reuses_single_format_encoders(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLMR_RAY_DATA", str(tmp_path))
+    store = EncoderStore(tmp_path / "encoders")
+    audio = config.preset("tiny", {**FAST, "format": "audio"})
+    first = run_experiment(audio, store=store, log=lambda *_: None)
+    assert first.trained == ["audio"] and first.reused == []
+    assert 0.0 <= first.metrics["test_acc"] <= 1.0
+
+    both = config.with_overrides(audio, {"format": "both", "eval.epochs": 3})
+    second = run_experiment(both, store=store, log=lambda *_: None)
+    assert second.reused == ["audio"] and second.trained == ["spectrogram"]
+    assert second.encoder_keys["audio"] == first.encoder_keys["audio"]
+    assert second.metrics["feature_dim"] == 1024
+
+
+def test_encoder_key_ignores_eval_scaling_and_paths():
+    spec = config.preset("tiny")
+    same = config.with_overrides(spec, {"eval.head": "mlp", "scaling.num_workers": 2, "data.root": "/x",
+                                        "spectrogram.mel.n_mels": 16})
+    assert encoder_key(same, "audio") == encoder_key(spec, "audio")
+    assert encoder_key(config.with_overrides(spec, {"audio.augment.noise.enabled": False}), "audio") != \
+        encoder_key(spec, "audio")
+    assert encoder_key(config.with_overrides(spec, {"seed": 1}), "audio") != encoder_key(spec, "audio")
+    cross = config.with_overrides(spec, {"format": "both", "pretrain.objective": "cross_format"})
+    assert pretrain_units(cross) == ("both",)
+
+
+def test_run_command_prints_metrics(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLMR_RAY_DATA", str(tmp_path))
+    args = ["run", "--preset", "tiny", "--serial", "--set", "pretrain.epochs=1", "--set", "eval.epochs=3",
+            "--set", "format=spectrogram"]
+    assert main(args) == 0
+    assert "trained: spectrogram" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "reused: spectrogram" in capsys.readouterr().out
+
+
+def test_missing_gtzan_folder_fails_before_training(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["run", "--preset", "tiny", "--serial", "--set", "data.dataset=gtzan",
+                 "--set", f"data.root={missing}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clmr-ray: error:") and str(missing) in err and "\n" not in err
