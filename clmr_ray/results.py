@@ -1,0 +1,148 @@
+"""Run records -> a Parquet dataset: one file per finished run, written atomically.
+
+A record is one flat row: identity (run id, table, row, format, datasets, seed, hashes), every
+spec field flattened as `spec.<dotted key>`, the metrics, a pretraining summary, wall times and
+provenance (device, library versions, git commit). `read_records` reads the folder back as one
+DataFrame; files written by other versions with other columns are unified, missing values as nulls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .config import ExperimentSpec, spec_hash, to_dict
+
+RECORD_SUFFIX = ".parquet"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become JSON text so every column is a scalar."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def run_record(spec: ExperimentSpec, result, *, run_id: str, table: str | None = None, row: str | None = None,
+               extra: dict | None = None) -> dict:
+    """One flat row for a finished experiment (`result` is an experiment.ExperimentResult)."""
+    record = {
+        "run_id": run_id,
+        "table": table,
+        "row": row,
+        "name": spec.name,
+        "format": spec.format,
+        "dataset": spec.data.dataset,
+        "pretrain_dataset": (spec.pretrain_data or spec.data).dataset,
+        "seed": spec.seed,
+        "spec_hash": spec_hash(spec),
+        "encoder_keys": json.dumps(result.encoder_keys, sort_keys=True),
+        "trained": json.dumps(result.trained),
+        "reused": json.dumps(result.reused),
+    }
+    record.update({k: _scalar(v) for k, v in result.metrics.items()})
+    for unit, history in result.histories.items():
+        if not history:
+            continue
+        record[f"pretrain_{unit}_epochs"] = history[-1].get("epoch", len(history))
+        record[f"pretrain_{unit}_final_train_loss"] = history[-1].get("train_loss")
+        valid = [h["valid_loss"] for h in history if "valid_loss" in h]
+        record[f"pretrain_{unit}_best_valid_loss"] = min(valid) if valid else None
+    record.update({f"time_{k}_s": v for k, v in result.seconds.items()})
+    record.update(provenance())
+    record["spec_json"] = json.dumps(to_dict(spec), sort_keys=True)
+    record.update(flatten(to_dict(spec), "spec."))
+    record.update(extra or {})
+    return record
+
+
+def write_record(record: dict, runs_dir) -> Path:
+    """Write one run as <runs_dir>/<run_id>.parquet; a crash never leaves a partial file."""
+    runs_dir = Path(runs_dir).expanduser()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    run_id = str(record["run_id"])
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        raise ValueError(f"run_id {run_id!r}: must be a non-empty file name")
+    final = runs_dir / f"{run_id}{RECORD_SUFFIX}"
+    fd, tmp = tempfile.mkstemp(prefix=f".{run_id}.", suffix=".tmp", dir=runs_dir)
+    os.close(fd)
+    try:
+        pq.write_table(pa.Table.from_pylist([record]), tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final
+
+
+def record_paths(runs_dir) -> list[Path]:
+    runs_dir = Path(runs_dir).expanduser()
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p for p in runs_dir.glob(f"*{RECORD_SUFFIX}") if not p.name.startswith("."))
+
+
+def existing_run_ids(runs_dir) -> set[str]:
+    return {p.name[: -len(RECORD_SUFFIX)] for p in record_paths(runs_dir)}
+
+
+def read_records(runs_dir) -> pd.DataFrame:
+    """Every record under runs_dir as one DataFrame (empty when there is none)."""
+    tables = [pq.read_table(p) for p in record_paths(runs_dir)]
+    if not tables:
+        return pd.DataFrame()
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+def provenance() -> dict:
+    import torch
+
+    return {**_static_provenance(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+@functools.cache
+def _static_provenance() -> dict:
+    versions = {}
+    for package in ("torch", "torchaudio", "ray"):
+        try:
+            versions[f"{package}_version"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[f"{package}_version"] = None
+    return {"clmr_ray_version": __version__, **versions, "python_version": platform.python_version(),
+            "hostname": platform.node(), "git_commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _scalar(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return value

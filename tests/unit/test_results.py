@@ -1,0 +1,58 @@
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from clmr_ray import config
+from clmr_ray.experiment import ExperimentResult
+from clmr_ray.results import (existing_run_ids, flatten, read_records, record_paths, run_record,
+                              write_record)
+
+
+def _result(acc: float) -> ExperimentResult:
+    return ExperimentResult(
+        metrics={"test_acc": acc, "valid_map": 0.5, "test_map": 0.4},
+        encoder_keys={"audio": "audio-abc"}, trained=["audio"],
+        histories={"audio": [{"epoch": 1, "train_loss": 3.0, "valid_loss": 2.5},
+                             {"epoch": 2, "train_loss": 2.0, "valid_loss": 2.7}]},
+        seconds={"total": 1.5})
+
+
+def test_flatten_nested_and_lists():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "[1, 2]", "d": None}
+
+
+def test_record_round_trip_through_parquet(tmp_path):
+    spec = config.preset("tiny")
+    record = run_record(spec, _result(0.25), run_id="t1-row-seed0", table="table1", row="audio crop")
+    assert record["spec.pretrain.temperature"] == 0.5
+    assert record["pretrain_audio_best_valid_loss"] == 2.5
+    assert record["pretrain_audio_epochs"] == 2
+    assert json.loads(record["spec_json"])["format"] == "audio"
+    path = write_record(record, tmp_path / "runs")
+    assert path.name == "t1-row-seed0.parquet"
+    other = run_record(config.with_overrides(spec, {"format": "both"}), _result(0.5), run_id="t1-both",
+                       extra={"only_here": 1.0})
+    write_record(other, tmp_path / "runs")
+    frame = read_records(tmp_path / "runs")
+    assert len(frame) == 2
+    assert set(frame["run_id"]) == {"t1-row-seed0", "t1-both"}
+    assert frame.set_index("run_id").loc["t1-row-seed0", "test_acc"] == 0.25
+    assert pd.isna(frame.set_index("run_id").loc["t1-row-seed0", "only_here"])
+    assert existing_run_ids(tmp_path / "runs") == {"t1-row-seed0", "t1-both"}
+
+
+def test_a_crash_while_writing_leaves_no_record(tmp_path):
+    record = run_record(config.preset("tiny"), _result(0.1), run_id="crash")
+    record["unwritable"] = object()  # pyarrow cannot encode it: the write fails midway
+    with pytest.raises(Exception):
+        write_record(record, tmp_path)
+    assert record_paths(tmp_path) == []
+    assert os.listdir(tmp_path) == []
+
+
+def test_empty_or_missing_folder_reads_as_empty(tmp_path):
+    assert read_records(tmp_path / "nothing").empty
+    with pytest.raises(ValueError, match="run_id"):
+        write_record({"run_id": "../escape"}, tmp_path)
