@@ -35,7 +35,10 @@ def ray_imap(fn: Callable[[T], R], items: Iterable[T], *, max_in_flight: int | N
     import ray
 
     ensure_ray()
-    remote = ray.remote(num_cpus=num_cpus_per_task, max_retries=2)(fn)
+    def call(item):  # a plain function, so builtins and callables work too
+        return fn(item)
+
+    remote = ray.remote(num_cpus=num_cpus_per_task, max_retries=2)(call)
     window = max_in_flight or max(2, int(ray.available_resources().get("CPU", 1)) * 2)
     pending: deque = deque()
     for item in items:
