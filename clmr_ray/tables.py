@@ -1,0 +1,149 @@
+"""Parquet run records -> the paper's tables, with the paper's numbers beside ours.
+
+For every (table, row): mean, std and n over seeds of each metric, the published value in the
+next column, and the run ids behind the cell. Rows without records show as missing, never 0.
+Written as Parquet, CSV and Markdown, plus a PNG bar chart per table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# The paper's published numbers. "mAP" is measured on the validation set and "test accuracy"
+# on the test set (section 4.1), so they sit beside our valid_map and test_acc.
+PAPER_ROWS = [
+    # table, row id, label, format, pretraining data, valid mAP, test accuracy
+    ("table1", "audio_crop", "only enable random sample", "audio", "GTZAN", 0.115, 0.111),
+    ("table1", "audio_crop_noise", "enable random sample + white Gaussian noise", "audio", "GTZAN", 0.127, 0.103),
+    ("table1", "audio_all", "enable all transformations", "audio", "GTZAN", 0.219, 0.377),
+    ("table1", "spectrogram_time_mask", "only enable time masking", "spectrogram", "GTZAN", 0.249, 0.351),
+    ("table1", "spectrogram_all", "enable all transformations", "spectrogram", "GTZAN", 0.312, 0.482),
+    ("table2", "audio_gtzan", "only use audio", "audio", "GTZAN", 0.269, 0.377),
+    ("table2", "audio_mtat", "only use audio", "audio", "MagnaTagATune", 0.193, 0.191),
+    ("table2", "spectrogram", "only use spectrogram", "spectrogram", "GTZAN", 0.312, 0.482),
+    ("table2", "both", "use both audio and spectrogram", "both", "GTZAN", 0.340, 0.531),
+]
+PAPER_METRICS = {"valid_map": "paper_valid_map", "test_acc": "paper_test_acc"}
+DEFAULT_METRICS = ["valid_map", "test_acc", "test_map"]
+
+
+def paper_reference() -> pd.DataFrame:
+    frame = pd.DataFrame(PAPER_ROWS, columns=["table", "row", "paper_label", "format", "pretraining_data",
+                                              "paper_valid_map", "paper_test_acc"])
+    return frame.astype({"paper_valid_map": "float64", "paper_test_acc": "float64"})
+
+
+def build_table(records: pd.DataFrame, table: str, metrics: list[str] | None = None) -> pd.DataFrame:
+    """One row per (table, row): label, n, <metric>_mean/_std, paper values, run ids."""
+    metrics = metrics or DEFAULT_METRICS
+    reference = paper_reference()
+    reference = reference[reference["table"] == table]
+    mine = records[records["table"] == table] if not records.empty and "table" in records else pd.DataFrame()
+
+    order = list(reference["row"])
+    if not mine.empty:
+        order += [r for r in dict.fromkeys(mine["row"]) if r not in order]
+    out = []
+    for row in order:
+        runs = mine[mine["row"] == row] if not mine.empty else pd.DataFrame()
+        ref = reference[reference["row"] == row]
+        label = (runs["label"].iloc[0] if "label" in runs and len(runs) else
+                 ref["paper_label"].iloc[0] if len(ref) else row)
+        entry = {"table": table, "row": row, "label": label, "n": int(len(runs))}
+        for metric in metrics:
+            values = runs[metric].astype(float) if metric in runs else pd.Series(dtype=float)
+            values = values.dropna()
+            entry[f"{metric}_mean"] = float(values.mean()) if len(values) else np.nan
+            entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+            if metric in PAPER_METRICS:
+                entry[PAPER_METRICS[metric]] = float(ref[PAPER_METRICS[metric]].iloc[0]) if len(ref) else np.nan
+        entry["run_ids"] = ",".join(sorted(runs["run_id"])) if len(runs) else ""
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None) -> str:
+    """A Markdown table: 'mean ± std (n)' cells, the paper's value beside each metric it reports."""
+    metrics = metrics or [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
+    header = ["row", "n"]
+    for metric in metrics:
+        header.append(metric)
+        if metric in PAPER_METRICS:
+            header.append(f"paper {metric}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in table.iterrows():
+        cells = [str(r["label"]), str(r["n"])]
+        for metric in metrics:
+            cells.append(_cell(r[f"{metric}_mean"], r.get(f"{metric}_std")))
+            if metric in PAPER_METRICS:
+                cells.append(_cell(r.get(PAPER_METRICS[metric]), None))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(mean, std) -> str:
+    if mean is None or pd.isna(mean):
+        return "—"
+    if std is None or pd.isna(std):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def plot_table(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Bar chart: our mean (error bar = std over seeds) beside the paper's value, per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [(m, p) for m, p in PAPER_METRICS.items() if f"{m}_mean" in table]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 0.6 * len(table) + 2.0), squeeze=False)
+    y = np.arange(len(table))
+    for ax, (metric, paper) in zip(axes[0], pairs):
+        ours = table[f"{metric}_mean"].astype(float).fillna(0.0)
+        err = table[f"{metric}_std"].astype(float).fillna(0.0)
+        ax.barh(y - 0.2, ours, height=0.4, xerr=err, label="clmr-ray (mean ± std)", color="tab:blue")
+        ax.barh(y + 0.2, table[paper].astype(float).fillna(0.0), height=0.4, label="paper", color="tab:gray")
+        missing = table[f"{metric}_mean"].isna()
+        for i in np.flatnonzero(missing.to_numpy()):
+            ax.text(0.005, y[i] - 0.2, "no runs", va="center", fontsize=8)
+        ax.set_yticks(y, [str(label)[:48] for label in table["label"]], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(metric)
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_tables(records: pd.DataFrame, out_dir, tables: dict[str, str] | None = None,
+                 metrics: list[str] | None = None) -> dict[str, dict[str, Path]]:
+    """Write <table>.parquet/.csv/.md/.png for each table (default: table1, table2 and any other
+    table present in the records); `tables` maps table name -> title. Returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = dict(tables or {"table1": "Table 1", "table2": "Table 2"})
+    if tables is None and not records.empty and "table" in records:
+        for name in records["table"].dropna().unique():
+            names.setdefault(str(name), str(name))
+    written = {}
+    for name, title in names.items():
+        table = build_table(records, name, metrics)
+        paths = {
+            "parquet": out_dir / f"{name}.parquet",
+            "csv": out_dir / f"{name}.csv",
+            "md": out_dir / f"{name}.md",
+            "png": out_dir / f"{name}.png",
+        }
+        table.to_parquet(paths["parquet"], index=False)
+        table.to_csv(paths["csv"], index=False)
+        paths["md"].write_text(f"## {title}\n\n{to_markdown(table, metrics)}\n")
+        plot_table(table, paths["png"], title)
+        written[name] = paths
+    return written

@@ -1,0 +1,53 @@
+import math
+
+import pandas as pd
+
+from clmr_ray.tables import PAPER_ROWS, build_table, paper_reference, to_markdown, write_tables
+
+
+def _records():
+    rows = []
+    for row, accs in {"audio_all": [0.30, 0.40, 0.50], "spectrogram_all": [0.6, 0.7]}.items():
+        for seed, acc in enumerate(accs):
+            rows.append({"run_id": f"table1-{row}-s{seed}", "table": "table1", "row": row, "label": row,
+                         "seed": seed, "test_acc": acc, "valid_map": acc / 2, "test_map": acc / 3})
+    rows.append({"run_id": "table1-custom-s0", "table": "table1", "row": "custom", "label": "my row",
+                 "seed": 0, "test_acc": 0.9, "valid_map": 0.8, "test_map": 0.7})
+    return pd.DataFrame(rows)
+
+
+def test_paper_reference_is_typed_and_complete():
+    ref = paper_reference()
+    assert len(ref) == len(PAPER_ROWS) == 9
+    assert ref["paper_test_acc"].dtype == "float64"
+    both = ref[(ref["table"] == "table2") & (ref["row"] == "both")].iloc[0]
+    assert (both["paper_valid_map"], both["paper_test_acc"]) == (0.340, 0.531)
+
+
+def test_means_over_seeds_and_missing_rows_are_missing_not_zero():
+    table = build_table(_records(), "table1").set_index("row")
+    assert list(table.index[:5]) == ["audio_crop", "audio_crop_noise", "audio_all", "spectrogram_time_mask",
+                                     "spectrogram_all"]
+    assert table.loc["audio_all", "n"] == 3
+    assert math.isclose(table.loc["audio_all", "test_acc_mean"], 0.4)
+    assert math.isclose(table.loc["audio_all", "test_acc_std"], pd.Series([0.3, 0.4, 0.5]).std())
+    assert table.loc["audio_all", "paper_test_acc"] == 0.377
+    assert table.loc["audio_crop", "n"] == 0 and pd.isna(table.loc["audio_crop", "test_acc_mean"])
+    assert table.loc["custom", "label"] == "my row" and pd.isna(table.loc["custom", "paper_test_acc"])
+    assert table.loc["spectrogram_all", "run_ids"] == "table1-spectrogram_all-s0,table1-spectrogram_all-s1"
+    text = to_markdown(build_table(_records(), "table1"))
+    assert "| only enable random sample | 0 | — |" in text
+    assert "0.400 ± 0.100" in text
+
+
+def test_write_tables_files(tmp_path):
+    written = write_tables(_records(), tmp_path)
+    assert set(written) == {"table1", "table2"}
+    for paths in written.values():
+        for path in paths.values():
+            assert path.stat().st_size > 0
+    again = pd.read_parquet(written["table1"]["parquet"])
+    assert len(again) == 6
+    assert (tmp_path / "table1.png").read_bytes()[:4] == b"\x89PNG"
+    empty = pd.read_parquet(written["table2"]["parquet"])
+    assert (empty["n"] == 0).all() and empty["test_acc_mean"].isna().all()
