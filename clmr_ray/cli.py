@@ -17,9 +17,14 @@ from clmr_ray import config
 from clmr_ray.config import SpecError
 from clmr_ray.data.base import DatasetError
 
+ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
+
 EPILOG = """\
 examples:
-  clmr-ray demo                                  prepare the synthetic corpora (offline, CPU)
+  clmr-ray demo                                  Tables 1-2 on the synthetic corpus (offline, CPU)
+  clmr-ray ablate ablations/table1.yaml --preset demo   one ablation file, rows x seeds as Tune trials
+  clmr-ray tables results/demo                   Parquet run records -> tables beside the paper's numbers
+  clmr-ray sweep ablations/sweeps/spectrogram_masks.yaml [--resume]   an Optuna sweep
   clmr-ray prepare synthetic --preset demo       generate + cache the synthetic genre corpus
   clmr-ray prepare gtzan --root ~/data/gtzan     decode + resample GTZAN once into a crop cache
   clmr-ray run --preset tiny --set format=both     one experiment in this process
@@ -68,8 +73,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serial", action="store_true", help="decode in this process instead of Ray tasks")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default (synthetic data, local Ray, CPU)")
-    p.add_argument("--serial", action="store_true", help="decode in this process instead of Ray tasks")
+    p = sub.add_parser("ablate", help="run an ablation file (rows x seeds) as Ray Tune trials",
+                       description="Run every row x seed of an ablation file through the one Tune trainable "
+                       "(pretraining with Ray Train inside when scaling.num_workers > 1). Each finished run "
+                       "writes RESULTS/runs/<run id>.parquet; runs that already have a record are skipped, "
+                       "so re-running fills only the missing rows and a finished ablation trains nothing. "
+                       "Encoders are reused across rows and tables by content hash.")
+    p.add_argument("file", help="ablation YAML (see ablations/)")
+    _add_ablation_args(p)
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("tables", help="Parquet run records -> the paper's Tables 1-2 (+ the paper's numbers)",
+                       description="Read RESULTS/runs/*.parquet and write <table>.parquet/.csv/.md/.png into "
+                       "--out: mean +/- std and n over seeds per row, the paper's value beside it, and the run "
+                       "ids behind each cell. Rows without runs show as missing.")
+    p.add_argument("results", nargs="?", default="results", help="results folder holding runs/ (default: results)")
+    p.add_argument("--out", help="where the tables go (default: the results folder)")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("reproduce", help="Tables 1 and 2 end to end: ablate both, then build the tables",
+                       description="Prepare the data, run ablations/table1.yaml and table2.yaml at --preset, "
+                       "write the tables and print them beside the paper's numbers.")
+    _add_ablation_args(p, default_results="results/demo")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("demo", help="the main job: reproduce --preset demo (synthetic data, local Ray, CPU)")
+    p.add_argument("--results", default="results/demo", help="results folder (default: results/demo)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run one experiment in this process: prepare, pretrain, evaluate",
@@ -87,11 +116,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.set_defaults(func=cmd_spec)
 
-    p = sub.add_parser("bench", help="benchmarks that print figures (augment, step)")
-    p.add_argument("what", choices=["augment", "step"])
+    p = sub.add_parser("sweep", help="hyperparameter sweep with Ray Tune + Optuna (sweep file)",
+                       description="Run a sweep file: every trial is one experiment (pretrain + evaluate) in a "
+                       "Ray Tune trial, sampled by Optuna (TPE). Each finished trial leaves a Parquet record "
+                       "in STORAGE/NAME/runs/; the best spec is saved as STORAGE/NAME/best_spec.yaml "
+                       "(run it with `clmr-ray run --config`). Ctrl-C stops cleanly; --resume continues.")
+    p.add_argument("file", help="sweep YAML (see ablations/sweeps/)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished trials are kept)")
+    p.add_argument("--storage", default="results/sweeps", help="folder of sweeps (default: results/sweeps)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored with RAY_ADDRESS)")
+    p.add_argument("--preset", help="tiny | demo | paper (default: the file's preset)")
+    p.add_argument("--num-samples", type=int, help="trials to run (default: the file's budget)")
+    p.add_argument("--max-concurrent", type=int, help="trials at a time (default: the file's budget)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field of the sweep's base spec, e.g. --set pretrain.epochs=5 (repeatable)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures (augment, step, scaling)")
+    p.add_argument("what", choices=["augment", "step", "scaling"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the benchmark (see its --help)")
     p.set_defaults(func=cmd_bench)
     return parser
+
+
+def _add_ablation_args(p: argparse.ArgumentParser, default_results: str = "results") -> None:
+    p.add_argument("--preset", default="demo", help="tiny | demo | gpu | paper (default: demo)")
+    p.add_argument("--results", default=default_results,
+                   help=f"results folder: runs/, tables, Tune state (default: {default_results})")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the file's)")
+    p.add_argument("--gtzan-root", help="GTZAN folder for --preset paper (or $GTZAN_ROOT)")
+    p.add_argument("--mtat-root", help="MagnaTagATune folder for --preset paper (or $MTAT_ROOT)")
+    p.add_argument("--max-concurrent", type=int, help="runs at a time (default: as many as fit)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored with RAY_ADDRESS)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one spec field in every row, e.g. --set pretrain.epochs=5 (repeatable)")
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -101,15 +159,22 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
                    help="override one field, e.g. --set pretrain.lr=1e-3 (repeatable)")
 
 
-def resolve_spec(args: argparse.Namespace, extra: dict | None = None) -> config.ExperimentSpec:
+def parse_sets(items: list[str]) -> dict:
+    """['pretrain.lr=1e-3', ...] -> {'pretrain.lr': 0.001, ...} (values parsed as YAML)."""
     overrides: dict = {}
-    if args.config:
-        overrides = config.merge(overrides, config.load_yaml(args.config))
-    for item in args.set:
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. pretrain.lr=1e-3")
         overrides = config.merge(overrides, {key: yaml.safe_load(raw)})
+    return overrides
+
+
+def resolve_spec(args: argparse.Namespace, extra: dict | None = None) -> config.ExperimentSpec:
+    overrides: dict = {}
+    if args.config:
+        overrides = config.merge(overrides, config.load_yaml(args.config))
+    overrides = config.merge(overrides, parse_sets(args.set))
     overrides = config.merge(overrides, extra or {})
     return config.preset(args.preset, overrides)
 
@@ -173,21 +238,97 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    spec = config.preset("demo")
-    print("clmr-ray demo: synthetic corpora at the demo preset "
-          f"({spec.data.sample_rate} Hz, {spec.data.synthetic.seconds:g} s tracks)")
-    prepare_data(spec.data, spec.pretrain.crop_samples, serial=args.serial)
-    tags = config.with_overrides(spec, {"data.dataset": "synthetic_tags"}).data
-    prepare_data(tags, spec.pretrain.crop_samples, serial=args.serial)
+def _ablate(path, args, log=print):
+    from clmr_ray.ablate import run_ablation
+    from clmr_ray.ablations import load_ablation
+
+    ablation = load_ablation(path)
+    roots = {"gtzan": args.gtzan_root, "mtat": args.mtat_root}
+    outcome = run_ablation(ablation, args.preset, results_dir=args.results, roots=roots, seeds=args.seeds,
+                           extra=parse_sets(args.set), max_concurrent=args.max_concurrent,
+                           num_cpus=args.num_cpus, log=log)
+    for failure in outcome.failed:
+        print(f"clmr-ray: run failed: {failure}", file=sys.stderr)
+    return outcome
+
+
+def cmd_ablate(args) -> int:
+    from clmr_ray.ablations import load_ablation
+
+    load_ablation(args.file)  # a bad file fails here, before Ray starts
+    outcome = _ablate(args.file, args)
+    print(f"{len(outcome.finished) + len(outcome.skipped)}/{len(outcome.runs)} runs have records in "
+          f"{outcome.runs_dir}; build the tables with: clmr-ray tables {args.results}")
+    return 1 if outcome.failed else 0
+
+
+def cmd_tables(args) -> int:
+    from clmr_ray.results import read_records
+    from clmr_ray.tables import write_tables
+
+    results = Path(args.results)
+    records = read_records(results / "runs")
+    if records.empty:
+        raise DatasetError(f"{results / 'runs'}: no run records (*.parquet) to build tables from")
+    written = write_tables(records, Path(args.out) if args.out else results)
+    for name, paths in written.items():
+        print(paths["md"].read_text())
+    print("written: " + ", ".join(str(p) for paths in written.values() for p in paths.values()))
     return 0
+
+
+def cmd_reproduce(args) -> int:
+    from clmr_ray.ablations import load_ablation
+    from clmr_ray.results import read_records
+    from clmr_ray.tables import write_tables
+
+    files = [ABLATIONS_DIR / "table1.yaml", ABLATIONS_DIR / "table2.yaml"]
+    for path in files:
+        load_ablation(path)  # both files valid before anything runs
+    started = time.perf_counter()
+    failed = []
+    for path in files:
+        failed += _ablate(path, args).failed
+    results = Path(args.results)
+    written = write_tables(read_records(results / "runs"), results,
+                           {"table1": "Table 1: augmentations", "table2": "Table 2: input formats"})
+    print(f"\nclmr-ray reproduce --preset {args.preset}: {time.perf_counter() - started:.0f} s\n")
+    for paths in written.values():
+        print(paths["md"].read_text())
+    print("tables: " + ", ".join(str(paths["md"].with_suffix(".*")) for paths in written.values()))
+    print(f"run records: {results / 'runs'}/*.parquet")
+    return 1 if failed else 0
+
+
+def cmd_demo(args) -> int:
+    print("clmr-ray demo: the paper's Tables 1-2 on the synthetic corpus (local Ray, CPU, preset demo)")
+    return main(["reproduce", "--preset", "demo", "--results", args.results])
+
+
+def cmd_sweep(args) -> int:
+    from clmr_ray import sweeps
+
+    sweep = sweeps.load_sweep(args.file, preset=args.preset, num_samples=args.num_samples,
+                              max_concurrent_trials=args.max_concurrent, base=parse_sets(args.set))
+    from clmr_ray import tuning  # imports Ray: only once the sweep file is valid
+
+    outcome = tuning.run_sweep(sweep, args.storage, resume=args.resume, num_cpus=args.num_cpus)
+    for error in outcome.errors:
+        print(f"clmr-ray: trial failed: {error}", file=sys.stderr)
+    if outcome.interrupted:
+        print(f"clmr-ray: sweep '{sweep.name}' stopped with {outcome.records}/{sweep.num_samples} trials recorded; "
+              f"continue it with: clmr-ray sweep {args.file} --resume --storage {args.storage}", file=sys.stderr)
+        return 130
+    return 1 if outcome.errors else 0
 
 
 def cmd_bench(args) -> int:
     if args.what == "augment":
         from clmr_ray.bench import augment as bench
-    else:
+    elif args.what == "step":
         from clmr_ray.bench import step as bench
+    else:
+        from clmr_ray.bench import scaling as bench
     status = bench.main(args.rest)
     return status if isinstance(status, int) else 0
 

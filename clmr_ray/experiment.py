@@ -8,6 +8,8 @@ already trained. The Ray layer swaps `pretrain_fn` for a distributed one; nothin
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import tempfile
@@ -62,6 +64,18 @@ class EncoderStore:
         if not path.is_file():
             return None
         return torch.load(path, map_location="cpu", weights_only=False)
+
+    @contextlib.contextmanager
+    def lock(self, key: str):
+        """Held while one process pretrains `key`, so concurrent runs that need the same encoder
+        (Table 2 "both" beside Table 1's rows) train it once: the others wait, then load it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{key}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def save(self, key: str, result: PretrainResult, spec: ExperimentSpec) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -147,17 +161,20 @@ def run_experiment(spec: ExperimentSpec, *, store: EncoderStore | None = None,
         key = encoder_key(spec, unit)
         result.encoder_keys[unit] = key
         stored = store.load(key)
-        if stored is not None:
+        if stored is None:
+            with store.lock(key):
+                stored = store.load(key)  # another run may have trained it while we waited
+                if stored is None:
+                    log(f"[{spec.name}] {unit} encoder {key}: pretraining {spec.pretrain.epochs} epochs")
+                    t0 = time.perf_counter()
+                    trained = pretrain_fn(spec, unit, pretrain_cache)
+                    seconds[f"pretrain_{unit}"] = time.perf_counter() - t0
+                    store.save(key, trained, spec)
+                    stored = store.load(key)
+                    result.trained.append(unit)
+        if unit not in result.trained:
             log(f"[{spec.name}] {unit} encoder {key}: reused from {store.path(key)}")
             result.reused.append(unit)
-        else:
-            log(f"[{spec.name}] {unit} encoder {key}: pretraining {spec.pretrain.epochs} epochs")
-            t0 = time.perf_counter()
-            trained = pretrain_fn(spec, unit, pretrain_cache)
-            seconds[f"pretrain_{unit}"] = time.perf_counter() - t0
-            store.save(key, trained, spec)
-            stored = store.load(key)
-            result.trained.append(unit)
         states.update(stored["encoder_states"])
         result.histories[unit] = stored["history"]
 

@@ -118,7 +118,7 @@ def provenance() -> dict:
 
     return {**_static_provenance(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
 @functools.cache
@@ -136,7 +136,7 @@ def _static_provenance() -> dict:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+                             text=True, timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

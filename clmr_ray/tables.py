@@ -52,7 +52,7 @@ def build_table(records: pd.DataFrame, table: str, metrics: list[str] | None = N
         ref = reference[reference["row"] == row]
         label = (runs["label"].iloc[0] if "label" in runs and len(runs) else
                  ref["paper_label"].iloc[0] if len(ref) else row)
-        entry = {"table": table, "row": row, "label": label, "n": int(len(runs))}
+        entry = {"table": table, "row": row, "label": label, "n": len(runs)}
         for metric in metrics:
             values = runs[metric].astype(float) if metric in runs else pd.Series(dtype=float)
             values = values.dropna()

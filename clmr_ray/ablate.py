@@ -1,0 +1,118 @@
+"""Run an ablation file: every row x seed as a Ray Tune trial of the one trainable.
+
+Runs whose Parquet record exists are skipped before Ray starts, so re-running a finished
+ablation trains nothing and re-running an interrupted one fills only the missing rows. Encoders
+are content-addressed (experiment.encoder_key), so rows that share an encoder train it once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ray import tune
+
+from .ablations import Ablation, Run, expand
+from .experiment import prepare_caches
+from .parallel import ensure_ray, ray_imap
+from .results import existing_run_ids, read_records
+from .tuning import concurrency_limit, run_trial, trial_config, trial_resources
+
+
+@dataclass
+class AblationOutcome:
+    runs: list[Run]
+    skipped: list[str] = field(default_factory=list)  # run ids with a record before we started
+    finished: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "run_id: first line of the error"
+    runs_dir: Path | None = None
+
+
+class AblationProgress(tune.Callback):
+    """One line per finished run: runs done / total, the row, its metrics."""
+
+    def __init__(self, name: str, cells: list[dict], total: int, done_before: int):
+        self.name, self.cells, self.total, self.done = name, cells, total, done_before
+        self.started = time.time()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        cell = self.cells[trial.config["index"]]
+        last = trial.last_result or {}
+        shown = ", ".join(f"{k} {last[k]:.3f}" for k in ("valid_map", "test_acc") if k in last)
+        print(f"[{self.name}] {self.done}/{self.total} runs done: {cell['run_id']} ({cell['label']}) {shown} "
+              f"| {time.time() - self.started:.0f} s", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        cell = self.cells[trial.config["index"]]
+        print(f"[{self.name}] run {cell['run_id']} failed (see its trial log)", flush=True)
+
+
+def _cell_trial(config: dict, cells: list[dict]) -> None:
+    run_trial(cells[config["index"]])
+
+
+def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", roots: dict | None = None,
+                 seeds: list[int] | None = None, extra: dict | None = None, max_concurrent: int | None = None,
+                 num_cpus: int | None = None, log=print) -> AblationOutcome:
+    """Run every missing row x seed of `ablation` at `preset`; records go to <results_dir>/runs/."""
+    results_dir = Path(results_dir).expanduser().resolve()
+    runs_dir = results_dir / "runs"
+    runs = expand(ablation, preset, roots=roots, seeds=seeds, extra=extra)
+    done = existing_run_ids(runs_dir)
+    todo = [r for r in runs if r.run_id not in done]
+    outcome = AblationOutcome(runs, skipped=[r.run_id for r in runs if r.run_id in done], runs_dir=runs_dir)
+    if not todo:
+        log(f"[{ablation.name}] all {len(runs)} runs already have records in {runs_dir}; nothing to train")
+        return outcome
+    log(f"[{ablation.name}] {len(todo)} of {len(runs)} runs to do ({len(ablation.rows)} rows x "
+        f"{len(runs) // len(ablation.rows)} seeds, preset {preset}); records -> {runs_dir}")
+
+    ensure_ray(num_cpus)
+    import ray
+
+    started = time.perf_counter()
+    prepared: set[str] = set()
+    for run in todo:  # every dataset once, up front, with Ray tasks; trials then only read caches
+        key = repr((run.spec.data, run.spec.pretrain_data, run.spec.pretrain.crop_samples))
+        if key not in prepared:
+            prepare_caches(run.spec, map_fn=ray_imap)
+            prepared.add(key)
+    log(f"[{ablation.name}] data ready ({time.perf_counter() - started:.1f} s)")
+
+    cells = []
+    for run in todo:
+        cell = trial_config(run.spec, runs_dir=runs_dir, run_id=run.run_id, table=run.table, row=run.row,
+                            pretrain_storage=str(results_dir / "pretrain"))
+        cell["label"] = run.label
+        cells.append(cell)
+    wanted = max_concurrent or len(cells)
+    limit = min(concurrency_limit(s.spec, wanted, ray.cluster_resources()) for s in todo)
+    trainable = tune.with_resources(tune.with_parameters(_cell_trial, cells=cells),
+                                    lambda config: trial_resources(cells[config["index"]]))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"index": tune.grid_search(list(range(len(cells))))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=limit, reuse_actors=True,
+                                    trial_dirname_creator=lambda trial: cells[trial.config["index"]]["run_id"]),
+        run_config=tune.RunConfig(name=f"ablate-{ablation.name}", storage_path=str(results_dir / "tune"),
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=1),
+                                  callbacks=[AblationProgress(ablation.name, cells, len(runs), len(done))]),
+    )
+    grid = tuner.fit()
+    recorded = existing_run_ids(runs_dir)
+    outcome.finished = [c["run_id"] for c in cells if c["run_id"] in recorded]
+    for result in grid:
+        if result.error is not None:
+            run_id = cells[result.config["index"]]["run_id"]
+            outcome.failed.append(f"{run_id}: {str(result.error).strip().splitlines()[-1]}")
+    return outcome
+
+
+def records_of(outcome: AblationOutcome):
+    """The records of this ablation's runs (other tables' records in the same folder left out)."""
+    records = read_records(outcome.runs_dir)
+    if records.empty:
+        return records
+    return records[records["run_id"].isin({r.run_id for r in outcome.runs})]

@@ -1,0 +1,122 @@
+"""An ablation end to end on real Ray: records, reuse, tables, re-runs and a killed run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from clmr_ray.ablate import run_ablation
+from clmr_ray.ablations import load_ablation
+from clmr_ray.cli import main
+from clmr_ray.results import read_records, record_paths
+
+ABLATION = """\
+name: mini
+seeds: [0, 1]
+base:
+  pretrain.epochs: 1
+  eval.epochs: 5
+  audio.augment.pitch.enabled: false
+rows:
+  - id: audio
+    label: audio, linear probe
+    overrides: {format: audio}
+  - id: audio_mlp
+    label: audio, MLP probe (same encoder)
+    overrides: {format: audio, eval.head: mlp}
+"""
+
+
+@pytest.fixture
+def local_ray():
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def ablation_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLMR_RAY_DATA", str(tmp_path / "data"))
+    path = tmp_path / "mini.yaml"
+    path.write_text(ABLATION)
+    return path
+
+
+def test_ablation_records_reuse_tables_and_rerun(local_ray, ablation_file, tmp_path, capsys):
+    results = tmp_path / "results"
+    outcome = run_ablation(load_ablation(ablation_file), "tiny", results_dir=results)
+    assert not outcome.failed and len(outcome.finished) == 4
+
+    records = read_records(results / "runs").set_index("run_id")
+    assert len(records) == 4
+    # each seed pretrains its encoder once: the MLP row reuses the linear row's encoder
+    trained = records.groupby("seed")["trained"].apply(lambda s: sorted(s))
+    for seed in (0, 1):
+        assert trained[seed] == ['["audio"]', "[]"]
+    reuse = records[records["row"] == "audio_mlp"]
+    assert (reuse["reused"] == '["audio"]').all()
+    assert (reuse["spec.eval.head"] == "mlp").all()
+
+    assert main(["tables", str(results)]) == 0
+    table = pd.read_parquet(results / "mini.parquet").set_index("row")
+    assert list(table.index) == ["audio", "audio_mlp"]
+    for column in ("n", "valid_map_mean", "valid_map_std", "test_acc_mean", "test_acc_std", "run_ids"):
+        assert column in table.columns
+    mine = records[records["row"] == "audio"]
+    assert table.loc["audio", "n"] == 2
+    assert table.loc["audio", "test_acc_mean"] == pytest.approx(mine["test_acc"].mean())
+    assert table.loc["audio", "valid_map_mean"] == pytest.approx(mine["valid_map"].mean())
+    for suffix in (".md", ".csv", ".png"):
+        assert (results / f"mini{suffix}").stat().st_size > 0
+    assert "audio, MLP probe (same encoder)" in capsys.readouterr().out
+
+    mtimes = {p: p.stat().st_mtime_ns for p in record_paths(results / "runs")}
+    again = run_ablation(load_ablation(ablation_file), "tiny", results_dir=results)
+    assert again.finished == [] and len(again.skipped) == 4
+    assert {p: p.stat().st_mtime_ns for p in record_paths(results / "runs")} == mtimes
+
+
+def test_killed_ablation_leaves_no_partial_record_and_rerun_completes(local_ray, ablation_file, tmp_path):
+    results = tmp_path / "results"
+    runs = results / "runs"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    command = [sys.executable, "-m", "clmr_ray.cli", "ablate", str(ablation_file), "--preset", "tiny",
+               "--results", str(results), "--max-concurrent", "1", "--num-cpus", "1"]
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not record_paths(runs) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert record_paths(runs), "the first run never finished"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = record_paths(runs)
+    for path in first:
+        assert pq.read_table(path).num_rows == 1  # whatever is visible is whole
+    assert len(first) < 4
+
+    outcome = run_ablation(load_ablation(ablation_file), "tiny", results_dir=results)
+    assert not outcome.failed
+    assert len(outcome.skipped) == len(first) and len(outcome.finished) == 4 - len(first)
+    assert len(read_records(runs)) == 4
+
+
+def test_bad_ablation_file_fails_before_ray(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rows:\n  - {id: a, overrides: {audio.augment.pitchshift: {enabled: true}}}\n")
+    result = subprocess.run([sys.executable, "-m", "clmr_ray.cli", "ablate", str(bad)], capture_output=True,
+                            text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("clmr-ray: error: ")
+    assert "unknown key 'audio.augment.pitchshift'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not Path(tmp_path / "results").exists()
