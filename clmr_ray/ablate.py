@@ -98,7 +98,7 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
                                     trial_dirname_creator=lambda trial: cells[trial.config["index"]]["run_id"]),
         run_config=tune.RunConfig(name=f"ablate-{ablation.name}", storage_path=str(results_dir / "tune"),
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=1),
-                                  callbacks=[AblationProgress(ablation.name, cells, len(runs), len(done))]),
+                                  callbacks=[AblationProgress(ablation.name, cells, len(runs), len(outcome.skipped))]),
     )
     grid = tuner.fit()
     recorded = existing_run_ids(runs_dir)

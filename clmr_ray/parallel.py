@@ -23,6 +23,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # per-epoch progress lines of parallel trials all show
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:  # "local": never attach to a cluster some `ray start` left recorded in /tmp/ray

@@ -133,7 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts; 0 = no Ray")
     train.add_argument("--epochs", type=int, default=2)
     train.add_argument("--format", default="audio", choices=["audio", "spectrogram"])
+    sweep = parts.add_parser("sweep", help="wall time of a small sweep vs the sum of its trials' own times")
+    sweep.add_argument("--preset", default="tiny")
+    sweep.add_argument("--trials", type=int, default=4)
+    sweep.add_argument("--concurrent", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.part == "sweep":
+        row = sweep_overhead(args.preset, args.trials, args.concurrent)
+        print("\n".join(f"{k:>14}: {v:.2f}" if isinstance(v, float) else f"{k:>14}: {v}" for k, v in row.items()))
+        return 0
     if args.part == "train":
         if any(n < 0 for n in args.workers) or args.epochs < 1:
             parser.error("--workers must be >= 0 and --epochs >= 1")

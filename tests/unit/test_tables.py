@@ -51,3 +51,11 @@ def test_write_tables_files(tmp_path):
     assert (tmp_path / "table1.png").read_bytes()[:4] == b"\x89PNG"
     empty = pd.read_parquet(written["table2"]["parquet"])
     assert (empty["n"] == 0).all() and empty["test_acc_mean"].isna().all()
+
+
+def test_committed_reference_files_match_the_code():
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[2] / "results"
+    pd.testing.assert_frame_equal(pd.read_parquet(results / "paper_reference.parquet"), paper_reference())
+    pd.testing.assert_frame_equal(pd.read_csv(results / "paper_reference.csv"), paper_reference())
