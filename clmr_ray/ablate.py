@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ray import tune
 
+from . import storage
 from .ablations import Ablation, Run, expand
 from .experiment import prepare_caches
 from .parallel import ensure_ray, ray_imap
@@ -26,7 +27,7 @@ class AblationOutcome:
     skipped: list[str] = field(default_factory=list)  # run ids with a record before we started
     finished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "run_id: first line of the error"
-    runs_dir: Path | None = None
+    runs_dir: Path | str | None = None  # a URI string when results go to a pyarrow filesystem
 
 
 class AblationProgress(tune.Callback):
@@ -56,9 +57,12 @@ def _cell_trial(config: dict, cells: list[dict]) -> None:
 def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", roots: dict | None = None,
                  seeds: list[int] | None = None, extra: dict | None = None, max_concurrent: int | None = None,
                  num_cpus: int | None = None, log=print) -> AblationOutcome:
-    """Run every missing row x seed of `ablation` at `preset`; records go to <results_dir>/runs/."""
-    results_dir = Path(results_dir).expanduser().resolve()
-    runs_dir = results_dir / "runs"
+    """Run every missing row x seed of `ablation` at `preset`; records go to <results_dir>/runs/.
+
+    results_dir is a local folder or a pyarrow filesystem URI (file://, s3://): records, Tune state and
+    distributed-pretraining checkpoints all go there."""
+    results_dir = storage.resolve(results_dir)
+    runs_dir = storage.join(results_dir, "runs")
     runs = expand(ablation, preset, roots=roots, seeds=seeds, extra=extra)
     done = existing_run_ids(runs_dir)
     todo = [r for r in runs if r.run_id not in done]
@@ -84,7 +88,7 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
     cells = []
     for run in todo:
         cell = trial_config(run.spec, runs_dir=runs_dir, run_id=run.run_id, table=run.table, row=run.row,
-                            pretrain_storage=str(results_dir / "pretrain"))
+                            pretrain_storage=str(storage.join(results_dir, "pretrain")))
         cell["label"] = run.label
         cells.append(cell)
     wanted = max_concurrent or len(cells)
@@ -96,7 +100,7 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
         param_space={"index": tune.grid_search(list(range(len(cells))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=limit, reuse_actors=True,
                                     trial_dirname_creator=lambda trial: cells[trial.config["index"]]["run_id"]),
-        run_config=tune.RunConfig(name=f"ablate-{ablation.name}", storage_path=str(results_dir / "tune"),
+        run_config=tune.RunConfig(name=f"ablate-{ablation.name}", storage_path=str(storage.join(results_dir, "tune")),
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=1),
                                   callbacks=[AblationProgress(ablation.name, cells, len(runs), len(outcome.skipped))]),
     )

@@ -7,13 +7,16 @@ through `ray job submit -- clmr-ray ...`.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from clmr_ray import config
+from clmr_ray import config, storage
 from clmr_ray.config import SpecError
 from clmr_ray.data.base import DatasetError
 
@@ -141,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_ablation_args(p: argparse.ArgumentParser, default_results: str = "results") -> None:
     p.add_argument("--preset", default="demo", help="tiny | demo | gpu | paper (default: demo)")
-    p.add_argument("--results", default=default_results,
-                   help=f"results folder: runs/, tables, Tune state (default: {default_results})")
+    p.add_argument("--results", default=os.environ.get("CLMR_RAY_STORAGE") or default_results,
+                   help="results folder or filesystem URI (file://..., s3://bucket/prefix): runs/, tables, Tune "
+                   f"state (default: $CLMR_RAY_STORAGE, else {default_results})")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the file's)")
     p.add_argument("--gtzan-root", help="GTZAN folder for --preset paper (or $GTZAN_ROOT)")
     p.add_argument("--mtat-root", help="MagnaTagATune folder for --preset paper (or $MTAT_ROOT)")
@@ -271,7 +275,7 @@ def cmd_tables(args) -> int:
     if records.empty:
         raise DatasetError(f"{results / 'runs'}: no run records (*.parquet) to build tables from")
     written = write_tables(records, Path(args.out) if args.out else results)
-    for name, paths in written.items():
+    for paths in written.values():
         print(paths["md"].read_text())
     print("written: " + ", ".join(str(p) for paths in written.values() for p in paths.values()))
     return 0
@@ -289,14 +293,23 @@ def cmd_reproduce(args) -> int:
     failed = []
     for path in files:
         failed += _ablate(path, args).failed
-    results = Path(args.results)
-    written = write_tables(read_records(results / "runs"), results,
+    results = storage.resolve(args.results)
+    tables_dir = Path(tempfile.mkdtemp(prefix="clmr-tables-")) if storage.is_uri(results) else results
+    written = write_tables(read_records(storage.join(results, "runs")), tables_dir,
                            {"table1": "Table 1: augmentations", "table2": "Table 2: input formats"})
+    if tables_dir is not results:  # a URI: the tables follow the records there
+        for paths in written.values():
+            for path in paths.values():
+                storage.upload(path, results)
     print(f"\nclmr-ray reproduce --preset {args.preset}: {time.perf_counter() - started:.0f} s\n")
     for paths in written.values():
         print(paths["md"].read_text())
-    print("tables: " + ", ".join(str(paths["md"].with_suffix(".*")) for paths in written.values()))
-    print(f"run records: {results / 'runs'}/*.parquet")
+    shown = [storage.join(results, paths["md"].stem) if tables_dir is not results else paths["md"].with_suffix("")
+             for paths in written.values()]
+    print("tables: " + ", ".join(f"{path}.*" for path in shown))
+    print(f"run records: {storage.join(results, 'runs')}/*.parquet")
+    if tables_dir is not results:
+        shutil.rmtree(tables_dir, ignore_errors=True)
     return 1 if failed else 0
 
 

@@ -4,6 +4,7 @@ A record is one flat row: identity (run id, table, row, format, datasets, seed, 
 spec field flattened as `spec.<dotted key>`, the metrics, a pretraining summary, wall times and
 provenance (device, library versions, git commit). `read_records` reads the folder back as one
 DataFrame; files written by other versions with other columns are unified, missing values as nulls.
+The runs folder is a local path or a pyarrow filesystem URI (file://, s3://, ...).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
+from . import __version__, storage
 from .config import ExperimentSpec, spec_hash, to_dict
 
 RECORD_SUFFIX = ".parquet"
@@ -75,13 +76,20 @@ def run_record(spec: ExperimentSpec, result, *, run_id: str, table: str | None =
     return record
 
 
-def write_record(record: dict, runs_dir) -> Path:
-    """Write one run as <runs_dir>/<run_id>.parquet; a crash never leaves a partial file."""
-    runs_dir = Path(runs_dir).expanduser()
-    runs_dir.mkdir(parents=True, exist_ok=True)
+def write_record(record: dict, runs_dir) -> Path | str:
+    """Write one run as <runs_dir>/<run_id>.parquet; a crash never leaves a partial file.
+
+    runs_dir is a local folder or a pyarrow filesystem URI (file://, s3://, ...)."""
     run_id = str(record["run_id"])
     if not run_id or "/" in run_id or run_id.startswith("."):
         raise ValueError(f"run_id {run_id!r}: must be a non-empty file name")
+    if storage.is_uri(runs_dir):
+        with tempfile.TemporaryDirectory(prefix="clmr-record-") as staging:
+            local = Path(staging) / f"{run_id}{RECORD_SUFFIX}"
+            pq.write_table(pa.Table.from_pylist([record]), local)
+            return storage.upload(local, runs_dir)
+    runs_dir = Path(runs_dir).expanduser()
+    runs_dir.mkdir(parents=True, exist_ok=True)
     final = runs_dir / f"{run_id}{RECORD_SUFFIX}"
     fd, tmp = tempfile.mkstemp(prefix=f".{run_id}.", suffix=".tmp", dir=runs_dir)
     os.close(fd)
@@ -94,7 +102,10 @@ def write_record(record: dict, runs_dir) -> Path:
     return final
 
 
-def record_paths(runs_dir) -> list[Path]:
+def record_paths(runs_dir) -> list[Path] | list[str]:
+    if storage.is_uri(runs_dir):
+        return [str(storage.join(runs_dir, name)) for name in storage.list_names(runs_dir, RECORD_SUFFIX)
+                if not name.startswith(".")]
     runs_dir = Path(runs_dir).expanduser()
     if not runs_dir.is_dir():
         return []
@@ -102,12 +113,12 @@ def record_paths(runs_dir) -> list[Path]:
 
 
 def existing_run_ids(runs_dir) -> set[str]:
-    return {p.name[: -len(RECORD_SUFFIX)] for p in record_paths(runs_dir)}
+    return {Path(p).name[: -len(RECORD_SUFFIX)] for p in record_paths(runs_dir)}
 
 
 def read_records(runs_dir) -> pd.DataFrame:
     """Every record under runs_dir as one DataFrame (empty when there is none)."""
-    tables = [pq.read_table(p) for p in record_paths(runs_dir)]
+    tables = [pq.read_table(p) for p in record_paths(runs_dir)]  # pyarrow reads URIs too
     if not tables:
         return pd.DataFrame()
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()

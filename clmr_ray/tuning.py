@@ -83,13 +83,13 @@ def run_trial(config: dict) -> None:
     spec = trial_spec(config)
     trial_id = tune.get_context().get_trial_id()
     run_id = config.get("run_id") or f"{config.get('sweep') or 'trial'}-{trial_id}"
-    runs_dir = Path(config["runs_dir"])
+    runs_dir = config["runs_dir"]  # a folder or a filesystem URI (see results.py)
     metric = config.get("metric") or "valid_map"
 
     if run_id in existing_run_ids(runs_dir):
         import pyarrow.parquet as pq
 
-        record = pq.read_table(runs_dir / f"{run_id}{RECORD_SUFFIX}").to_pylist()[0]
+        record = pq.read_table(f"{runs_dir}/{run_id}{RECORD_SUFFIX}").to_pylist()[0]
         print(f"[{spec.name}] {run_id}: finished before, reporting its record", flush=True)
         tune.report(final_report(record, metric, pretrain_epoch=0))
         return

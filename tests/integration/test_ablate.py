@@ -115,7 +115,7 @@ def test_bad_ablation_file_fails_before_ray(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rows:\n  - {id: a, overrides: {audio.augment.pitchshift: {enabled: true}}}\n")
     result = subprocess.run([sys.executable, "-m", "clmr_ray.cli", "ablate", str(bad)], capture_output=True,
-                            text=True)
+                            text=True, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("clmr-ray: error: ")
     assert "unknown key 'audio.augment.pitchshift'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
