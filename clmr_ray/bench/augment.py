@@ -8,33 +8,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import torch
 
 from clmr_ray.augment import AugmentPipeline
+from clmr_ray.bench.timing import call_times
 from clmr_ray.config import SPECTROGRAM_AUGS, WAVEFORM_AUGS, AugmentSpec
 from clmr_ray.config import preset as load_preset
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _seconds(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
     """Best wall time of fn() (the least disturbed by other load) after warm-up calls (FFT plans and conv kernels are cached per
     shape, and the batched pitch shift sees a new group size on most calls)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(call_times(fn, device, repeats, warmup))
 
 
 def _only(spec: AugmentSpec, name: str) -> AugmentSpec:

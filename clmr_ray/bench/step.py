@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from clmr_ray.bench.timing import call_times
 from clmr_ray.config import SpecError
 from clmr_ray.config import preset as load_preset
 from clmr_ray.data.sampling import CropBatch
 from clmr_ray.pretrain import ContrastiveModel, train_step
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch: int | None = None,
@@ -45,16 +40,7 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
         return train_step(model, crops, optimizer, temperature=p.temperature, generator=generator, amp=amp,
                           grad_clip=p.grad_clip)
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        _sync(dev)
-        start = time.perf_counter()
-        step()
-        _sync(dev)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = statistics.median(call_times(step, dev, steps, warmup))
     row = {"preset": preset, "format": fmt, "encoder": getattr(spec, fmt).encoder.name, "device": str(dev),
            "batch": batch, "crop_samples": p.crop_samples, "amp": amp and dev.type == "cuda",
            "params_m": sum(x.numel() for x in model.encoders[fmt].parameters()) / 1e6,
