@@ -1,8 +1,15 @@
-"""NT-Xent with negatives gathered across 2 gloo workers equals the single-process loss."""
+"""NT-Xent with negatives gathered across 2 gloo workers equals the single-process loss.
+
+The workers meet through a FileStore in the test's folder, not a TCP port picked in advance: a port
+found free and then handed to `env://` can be taken in between (seen: a hang of the whole CI run
+right after the job-submit test's Ray cluster went down). Every wait is bounded.
+"""
 
 import os
-import socket
+import time
+from datetime import timedelta
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -24,9 +31,9 @@ def _batch():
     return torch.randn(WORLD * N_PER_RANK, 6, generator=g), torch.randn(WORLD * N_PER_RANK, 6, generator=g)
 
 
-def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=60))
     try:
         model = DistributedDataParallel(_model())
         x_a, x_b = _batch()
@@ -41,14 +48,18 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _run_workers(out_dir, limit_s: float = 150.0) -> None:
+    workers = mp.spawn(_worker, args=(str(out_dir),), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + limit_s
+    while not workers.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD} gloo workers did not finish within {limit_s:.0f} s")
 
 
 def test_gathered_loss_and_gradients_equal_single_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    _run_workers(tmp_path)
 
     model = _model()
     x_a, x_b = _batch()
