@@ -15,10 +15,11 @@ from ray import tune
 
 from . import storage
 from .ablations import Ablation, Run, expand
-from .experiment import prepare_caches
+from .data import mirror
+from .experiment import prepare_caches, uri_roots
 from .parallel import ensure_ray, ray_imap
 from .results import existing_run_ids, read_records
-from .tuning import concurrency_limit, run_trial, trial_config, trial_resources
+from .tuning import concurrency_limit, run_trial, shared_encoders_for, trial_config, trial_resources
 
 
 @dataclass
@@ -81,14 +82,20 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
     for run in todo:  # every dataset once, up front, with Ray tasks; trials then only read caches
         key = repr((run.spec.data, run.spec.pretrain_data, run.spec.pretrain.crop_samples))
         if key not in prepared:
-            prepare_caches(run.spec, map_fn=ray_imap)
+            if uri_roots(run.spec):
+                for uri in uri_roots(run.spec):  # reachable and not empty, before any trial starts
+                    log(f"[{ablation.name}] {uri}: {mirror.check(uri)} files; each node fetches and prepares "
+                        "them in its first run")
+            else:
+                prepare_caches(run.spec, map_fn=ray_imap)
             prepared.add(key)
     log(f"[{ablation.name}] data ready ({time.perf_counter() - started:.1f} s)")
 
     cells = []
     for run in todo:
         cell = trial_config(run.spec, runs_dir=runs_dir, run_id=run.run_id, table=run.table, row=run.row,
-                            pretrain_storage=str(storage.join(results_dir, "pretrain")))
+                            pretrain_storage=str(storage.join(results_dir, "pretrain")),
+                            shared_encoders=shared_encoders_for(results_dir))
         cell["label"] = run.label
         cells.append(cell)
     wanted = max_concurrent or len(cells)

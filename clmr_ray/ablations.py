@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config
+from . import config, storage
 from .config import ExperimentSpec, SpecError
 
 ROOT_ENV = {"gtzan": "GTZAN_ROOT", "mtat": "MTAT_ROOT"}
@@ -142,7 +142,7 @@ def dataset_spec(dataset: str, scale: Scale, roots: dict[str, str | None]) -> di
         if not root:
             raise SpecError(f"dataset '{dataset}' needs its folder: pass --{dataset}-root PATH "
                             f"or set ${ROOT_ENV[dataset]}")
-        out["root"] = str(Path(root).expanduser())
+        out["root"] = storage.expand(root)
     return out
 
 

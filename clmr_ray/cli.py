@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "resample, and write one memory-mapped array per split plus an index and a "
                        "manifest. Re-running with the same inputs does nothing.")
     p.add_argument("dataset", choices=["synthetic", "synthetic_tags", "gtzan", "mtat", "folder"])
-    p.add_argument("--root", help="dataset folder (required for gtzan, mtat, folder)")
+    p.add_argument("--root", help="dataset folder, or a URI (s3://..., file://...) copied once into "
+                   "$CLMR_RAY_DATA/mirrors (required for gtzan, mtat, folder)")
     _add_spec_args(p)
     p.add_argument("--sample-rate", type=int, help="target rate in Hz (default: the spec's data.sample_rate)")
     p.add_argument("--cache-dir", help="where caches go (default: $CLMR_RAY_DATA/cache)")
@@ -90,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read RESULTS/runs/*.parquet and write <table>.parquet/.csv/.md/.png into "
                        "--out: mean +/- std and n over seeds per row, the paper's value beside it, and the run "
                        "ids behind each cell. Rows without runs show as missing.")
-    p.add_argument("results", nargs="?", default="results", help="results folder holding runs/ (default: results)")
-    p.add_argument("--out", help="where the tables go (default: the results folder)")
+    p.add_argument("results", nargs="?", default="results",
+                   help="results folder or URI (file://..., s3://bucket/prefix) holding runs/ (default: results)")
+    p.add_argument("--out", help="folder or URI the tables go to (default: RESULTS)")
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("reproduce", help="Tables 1 and 2 end to end: ablate both, then build the tables",
@@ -126,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(run it with `clmr-ray run --config`). Ctrl-C stops cleanly; --resume continues.")
     p.add_argument("file", help="sweep YAML (see ablations/sweeps/)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished trials are kept)")
-    p.add_argument("--storage", default="results/sweeps", help="folder of sweeps (default: results/sweeps)")
+    p.add_argument("--storage", default="results/sweeps",
+                   help="folder or URI (file://..., s3://bucket/prefix) of sweeps (default: results/sweeps)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored with RAY_ADDRESS)")
     p.add_argument("--preset", help="tiny | demo | paper (default: the file's preset)")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the file's budget)")
@@ -148,8 +151,9 @@ def _add_ablation_args(p: argparse.ArgumentParser, default_results: str = "resul
                    help="results folder or filesystem URI (file://..., s3://bucket/prefix): runs/, tables, Tune "
                    f"state (default: $CLMR_RAY_STORAGE, else {default_results})")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the file's)")
-    p.add_argument("--gtzan-root", help="GTZAN folder for --preset paper (or $GTZAN_ROOT)")
-    p.add_argument("--mtat-root", help="MagnaTagATune folder for --preset paper (or $MTAT_ROOT)")
+    p.add_argument("--gtzan-root", help="GTZAN folder or URI (s3://...: each node mirrors it) for the real-data "
+                   "presets (or $GTZAN_ROOT)")
+    p.add_argument("--mtat-root", help="MagnaTagATune folder or URI for the real-data presets (or $MTAT_ROOT)")
     p.add_argument("--max-concurrent", type=int, help="runs at a time (default: as many as fit)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored with RAY_ADDRESS)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -191,7 +195,7 @@ def cmd_spec(args) -> int:
 def cmd_prepare(args) -> int:
     extra: dict = {"data.dataset": args.dataset}
     if args.root:
-        extra["data.root"] = str(Path(args.root).expanduser())
+        extra["data.root"] = storage.expand(args.root)
     if args.sample_rate:
         extra["data.sample_rate"] = args.sample_rate
     spec = resolve_spec(args, extra)
@@ -268,23 +272,42 @@ def cmd_ablate(args) -> int:
 
 def cmd_tables(args) -> int:
     from clmr_ray.results import read_records
+
+    results = storage.resolve(args.results)
+    runs = storage.join(results, "runs")
+    records = read_records(runs)
+    if records.empty:
+        raise DatasetError(f"{runs}: no run records (*.parquet) to build tables from")
+    shown = build_tables(records, storage.resolve(args.out) if args.out else results)
+    for text in shown.values():
+        print(text)
+    print("written: " + ", ".join(f"{base}.*" for base in shown))
+    return 0
+
+
+def build_tables(records, out, titles: dict | None = None) -> dict[str, str]:
+    """Write the tables into `out` (a folder or a URI: written locally, then uploaded file by file);
+    returns {where each table went, without suffix: its markdown}."""
     from clmr_ray.tables import write_tables
 
-    results = Path(args.results)
-    records = read_records(results / "runs")
-    if records.empty:
-        raise DatasetError(f"{results / 'runs'}: no run records (*.parquet) to build tables from")
-    written = write_tables(records, Path(args.out) if args.out else results)
-    for paths in written.values():
-        print(paths["md"].read_text())
-    print("written: " + ", ".join(str(p) for paths in written.values() for p in paths.values()))
-    return 0
+    local = Path(tempfile.mkdtemp(prefix="clmr-tables-")) if storage.is_uri(out) else Path(out)
+    try:
+        written = write_tables(records, local, titles)
+        shown = {}
+        for paths in written.values():
+            for path in paths.values():
+                if local != out:
+                    storage.upload(path, out)
+            shown[str(storage.join(out, paths["md"].stem))] = paths["md"].read_text()
+        return shown
+    finally:
+        if local != out:
+            shutil.rmtree(local, ignore_errors=True)
 
 
 def cmd_reproduce(args) -> int:
     from clmr_ray.ablations import load_ablation
     from clmr_ray.results import read_records
-    from clmr_ray.tables import write_tables
 
     files = [ABLATIONS_DIR / "table1.yaml", ABLATIONS_DIR / "table2.yaml"]
     for path in files:
@@ -294,22 +317,13 @@ def cmd_reproduce(args) -> int:
     for path in files:
         failed += _ablate(path, args).failed
     results = storage.resolve(args.results)
-    tables_dir = Path(tempfile.mkdtemp(prefix="clmr-tables-")) if storage.is_uri(results) else results
-    written = write_tables(read_records(storage.join(results, "runs")), tables_dir,
-                           {"table1": "Table 1: augmentations", "table2": "Table 2: input formats"})
-    if tables_dir is not results:  # a URI: the tables follow the records there
-        for paths in written.values():
-            for path in paths.values():
-                storage.upload(path, results)
+    shown = build_tables(read_records(storage.join(results, "runs")), results,
+                         {"table1": "Table 1: augmentations", "table2": "Table 2: input formats"})
     print(f"\nclmr-ray reproduce --preset {args.preset}: {time.perf_counter() - started:.0f} s\n")
-    for paths in written.values():
-        print(paths["md"].read_text())
-    shown = [storage.join(results, paths["md"].stem) if tables_dir is not results else paths["md"].with_suffix("")
-             for paths in written.values()]
-    print("tables: " + ", ".join(f"{path}.*" for path in shown))
+    for text in shown.values():
+        print(text)
+    print("tables: " + ", ".join(f"{base}.*" for base in shown))
     print(f"run records: {storage.join(results, 'runs')}/*.parquet")
-    if tables_dir is not results:
-        shutil.rmtree(tables_dir, ignore_errors=True)
     return 1 if failed else 0
 
 

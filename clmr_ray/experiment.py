@@ -9,7 +9,6 @@ already trained. The Ray layer swaps `pretrain_fn` for a distributed one; nothin
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import os
 import tempfile
@@ -20,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from . import storage
 from .config import DataSpec, ExperimentSpec, spec_hash
 from .data import cache as crop_cache
 from .data import registry
-from .data.base import data_dir
+from .data.base import data_dir, file_lock
 from .evaluate import FORMATS, evaluate
 from .pretrain import PretrainResult, TrainContext, encoders_from_states, pretrain
 
@@ -51,31 +51,44 @@ def encoder_key(spec: ExperimentSpec, unit: str) -> str:
 
 
 class EncoderStore:
-    """Pretrained encoder states on disk, one file per encoder key, written atomically."""
+    """Pretrained encoder states on disk, one file per encoder key, written atomically.
 
-    def __init__(self, root: str | Path | None = None):
+    `shared` (a folder or a filesystem URI that every node reaches, e.g. <results>/encoders on
+    s3://) makes the store cluster-wide without a shared file system: a missing encoder is fetched
+    from there, and every saved one is uploaded there. The lock stays per node, so two nodes may
+    both train an encoder nobody has yet (same key, same result): lost time, never a wrong record."""
+
+    def __init__(self, root: str | Path | None = None, shared: str | Path | None = None):
         self.root = Path(root).expanduser() if root is not None else data_dir() / "encoders"
+        self.shared = shared
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
     def load(self, key: str) -> dict | None:
         path = self.path(key)
+        if not path.is_file() and self.shared is not None:
+            self._fetch(key)
         if not path.is_file():
             return None
         return torch.load(path, map_location="cpu", weights_only=False)
+
+    def _fetch(self, key: str) -> None:
+        remote = storage.join(self.shared, f"{key}.pt")
+        if not storage.exists(remote):
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=self.root)
+        with os.fdopen(fd, "wb") as f:
+            storage.download(remote, f)
+        os.replace(tmp, self.path(key))
 
     @contextlib.contextmanager
     def lock(self, key: str):
         """Held while one process pretrains `key`, so concurrent runs that need the same encoder
         (Table 2 "both" beside Table 1's rows) train it once: the others wait, then load it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{key}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.root / f".{key}.lock"):
+            yield
 
     def save(self, key: str, result: PretrainResult, spec: ExperimentSpec) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -88,6 +101,8 @@ class EncoderStore:
         with os.fdopen(fd, "wb") as f:
             f.write(buffer.getvalue())
         os.replace(tmp, self.path(key))
+        if self.shared is not None:
+            storage.upload(self.path(key), self.shared)
         return self.path(key)
 
 
@@ -99,6 +114,13 @@ class ExperimentResult:
     reused: list[str] = field(default_factory=list)  # units loaded from the store
     histories: dict[str, list[dict]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def uri_roots(spec: ExperimentSpec) -> list[str]:
+    """Dataset roots given as URIs. Each node mirrors and prepares those in its own first run
+    (data/mirror.py), so a driver does not prepare them up front with tasks on other nodes."""
+    return [d.root for d in (spec.data, spec.pretrain_data)
+            if d is not None and d.root is not None and storage.is_uri(d.root)]
 
 
 def prepare_caches(spec: ExperimentSpec, map_fn: Callable = map

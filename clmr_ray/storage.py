@@ -7,6 +7,8 @@ Ray Train use for their `storage_path`.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from .config import SpecError
@@ -14,6 +16,11 @@ from .config import SpecError
 
 def is_uri(location) -> bool:
     return "://" in str(location)
+
+
+def expand(location) -> str:
+    """A local path with ~ expanded, a URI as given (Path() would turn s3://b into s3:/b)."""
+    return str(location) if is_uri(location) else str(Path(location).expanduser())
 
 
 def resolve(location) -> Path | str:
@@ -30,7 +37,7 @@ def join(location, *parts: str) -> Path | str:
     return "/".join([str(location).rstrip("/"), *parts])
 
 
-def filesystem(location):
+def filesystem(location, what: str = "storage", error=SpecError):
     """(pyarrow FileSystem, path inside it) for a folder or a URI; a bad URI is one line naming it."""
     import pyarrow.fs
 
@@ -40,7 +47,7 @@ def filesystem(location):
         return pyarrow.fs.FileSystem.from_uri(str(location))
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad URI
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise SpecError(f"storage {str(location)!r}: not a usable filesystem URI ({reason})") from None
+        raise error(f"{what} {str(location)!r}: not a usable filesystem URI ({reason})") from None
 
 
 def list_names(folder, suffix: str) -> list[str]:
@@ -64,3 +71,39 @@ def upload(local_file, folder, name: str | None = None) -> str:
     pyarrow.fs.copy_files(str(local_file), staging, destination_filesystem=fs)
     fs.move(staging, f"{path}/{name}")  # a rename on file:// and HDFS; object stores see one finished PUT
     return str(join(folder, name))
+
+
+def exists(location) -> bool:
+    import pyarrow.fs
+
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def download(location, sink) -> None:
+    """Copy the file at `location` into the open binary file `sink`, in chunks."""
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as stream:
+        while chunk := stream.read(1 << 22):
+            sink.write(chunk)
+
+
+def read_text(location) -> str:
+    fs, path = filesystem(location)
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def write_text(folder, name: str, text: str) -> Path | str:
+    """Write `text` as folder/name, whole or not at all (a local folder or a URI)."""
+    if not is_uri(folder):
+        folder = Path(folder).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = folder / f".{name}.partial"
+        staging.write_text(text)
+        os.replace(staging, folder / name)
+        return folder / name
+    with tempfile.TemporaryDirectory(prefix="clmr-text-") as staging:
+        local = Path(staging) / name
+        local.write_text(text)
+        return upload(local, folder, name)

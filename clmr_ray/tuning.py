@@ -5,7 +5,8 @@
     {"spec": <full spec dict>, "params": {dotted key: value} (sweeps: Optuna's sample),
      "runs_dir": <folder of Parquet records>, "run_id": <optional>, "table": ..., "row": ...,
      "sweep": <sweep name>, "metric": "valid_map", "data_dir": ..., "encoders_dir": ...,
-     "pretrain_storage": <Ray Train storage for distributed pretraining>}
+     "pretrain_storage": <Ray Train storage for distributed pretraining>,
+     "shared_encoders": <folder or URI every node reaches, or None>, "driver_node": <Ray node id>}
 
 It pretrains (or reuses, by content hash) every encoder the spec needs, evaluates, writes one
 Parquet record, and reports the final metrics with `tune.report`. A trial whose record already
@@ -41,6 +42,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from . import config as cfg
+from . import storage
 from .config import ExperimentSpec
 from .experiment import (
     EncoderStore,
@@ -63,13 +65,34 @@ NAN = float("nan")
 
 def trial_config(spec: ExperimentSpec | dict, *, runs_dir, run_id: str | None = None, table: str | None = None,
                  row: str | None = None, metric: str = "valid_map", sweep: str | None = None,
-                 pretrain_storage: str | None = None) -> dict:
+                 pretrain_storage: str | None = None, shared_encoders: str | None = None) -> dict:
     """The config of one `run_trial` (ablation grids build one per row x seed)."""
+    import ray
+
     from .data.base import data_dir
 
     return {"spec": spec if isinstance(spec, dict) else cfg.to_dict(spec), "runs_dir": str(runs_dir),
             "run_id": run_id, "table": table, "row": row, "metric": metric, "sweep": sweep,
-            "data_dir": str(data_dir()), "encoders_dir": None, "pretrain_storage": pretrain_storage}
+            "data_dir": str(data_dir()), "encoders_dir": None, "pretrain_storage": pretrain_storage,
+            "shared_encoders": shared_encoders,
+            "driver_node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None}
+
+
+def shared_encoders_for(location) -> str | None:
+    """Encoders go beside the records when those are on a URI (every node reaches it)."""
+    return str(storage.join(location, "encoders")) if storage.is_uri(location) else None
+
+
+def _use_driver_data_dir(config: dict) -> bool:
+    """On the driver's node the driver's $CLMR_RAY_DATA holds (workers may have started before it was
+    set); another node keeps its own when its raylet has one (per-node data), else takes the driver's."""
+    if not config.get("data_dir"):
+        return False
+    if "CLMR_RAY_DATA" not in os.environ or config.get("driver_node") is None:
+        return True
+    import ray
+
+    return ray.get_runtime_context().get_node_id() == config["driver_node"]
 
 
 def trial_spec(config: dict) -> ExperimentSpec:
@@ -78,8 +101,8 @@ def trial_spec(config: dict) -> ExperimentSpec:
 
 def run_trial(config: dict) -> None:
     """One experiment as a Tune trial (see the module docstring for `config`)."""
-    if config.get("data_dir"):
-        os.environ["CLMR_RAY_DATA"] = config["data_dir"]  # trials may run in fresh worker processes
+    if _use_driver_data_dir(config):
+        os.environ["CLMR_RAY_DATA"] = config["data_dir"]
     spec = trial_spec(config)
     trial_id = tune.get_context().get_trial_id()
     run_id = config.get("run_id") or f"{config.get('sweep') or 'trial'}-{trial_id}"
@@ -102,7 +125,7 @@ def run_trial(config: dict) -> None:
 
         torch.set_num_threads(max(1, spec.scaling.cpus_per_worker))
         pretrain_fn = _local_pretrain(progress)
-    store = EncoderStore(config.get("encoders_dir"))
+    store = EncoderStore(config.get("encoders_dir"), shared=config.get("shared_encoders"))
     result = run_experiment(spec, store=store, pretrain_fn=pretrain_fn, log=lambda line: print(line, flush=True))
     extra = {"trial_id": trial_id, "sweep": config.get("sweep"), "status": "finished", "label": config.get("label"),
              "params": json.dumps(config.get("params") or {}, sort_keys=True)}
@@ -232,8 +255,8 @@ class DefineByRun:
 class SweepProgress(tune.Callback):
     """One line per finished trial: trials done / budget, this trial's metric, best so far."""
 
-    def __init__(self, sweep: Sweep, runs_dir: Path):
-        self.sweep, self.runs_dir = sweep, Path(runs_dir)
+    def __init__(self, sweep: Sweep, runs_dir):
+        self.sweep, self.runs_dir = sweep, runs_dir  # a folder or a URI
         self.started = time.time()
 
     def setup(self, **info) -> None:
@@ -267,7 +290,7 @@ class SweepProgress(tune.Callback):
         return len(records), best_record(records, self.sweep.metric, self.sweep.mode)
 
 
-def record_stopped_trial(trial, runs_dir: Path) -> None:
+def record_stopped_trial(trial, runs_dir) -> None:
     """A record for a trial the scheduler stopped during pretraining: its spec and how far it
     got, no evaluation metrics (so every trial of a sweep has a record)."""
     from .experiment import ExperimentResult
@@ -287,31 +310,29 @@ def record_stopped_trial(trial, runs_dir: Path) -> None:
 
 @dataclass
 class SweepOutcome:
-    experiment_dir: Path
-    runs_dir: Path
+    experiment_dir: Path | str  # a folder, or a URI (see storage.py)
+    runs_dir: Path | str
     records: int  # Parquet records under runs_dir
     best: dict | None  # the best record
-    best_spec_path: Path | None
+    best_spec_path: Path | str | None
     interrupted: bool
     errors: list[str]
 
 
-def sweep_dir(sweep: Sweep, storage) -> Path:
-    return Path(storage).expanduser().resolve() / sweep.name
-
-
-def run_sweep(sweep: Sweep, storage="results/sweeps", *, resume: bool = False, num_cpus: int | None = None,
+def run_sweep(sweep: Sweep, location="results/sweeps", *, resume: bool = False, num_cpus: int | None = None,
               log=print) -> SweepOutcome:
     """Run (or resume) a sweep; every finished trial leaves a Parquet record under
-    <storage>/<name>/runs/, and the best trial's spec is saved as <storage>/<name>/best_spec.yaml."""
-    from .experiment import prepare_caches
+    <location>/<name>/runs/, and the best trial's spec is saved as <location>/<name>/best_spec.yaml.
+    `location` is a folder or a filesystem URI (file://, s3://, ...): Tune's state goes there too."""
+    from .data import mirror
+    from .experiment import prepare_caches, uri_roots
     from .parallel import ray_imap
 
-    exp_dir = sweep_dir(sweep, storage)
-    runs_dir = exp_dir / "runs"
+    base_dir = storage.resolve(location)
+    exp_dir = storage.join(base_dir, sweep.name)
+    runs_dir = storage.join(exp_dir, "runs")
     restoring = _check_folder(sweep, exp_dir, resume, log)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    storage.write_text(exp_dir, "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
 
     ensure_ray(num_cpus)
     import ray
@@ -322,7 +343,10 @@ def run_sweep(sweep: Sweep, storage="results/sweeps", *, resume: bool = False, n
         log(f"[{sweep.name}] max_concurrent_trials {sweep.max_concurrent_trials} -> {limit}: "
             "that many trials' workers fit in the Ray cluster")
     started = time.perf_counter()
-    prepare_caches(base, map_fn=ray_imap)
+    if not uri_roots(base):
+        prepare_caches(base, map_fn=ray_imap)
+    for uri in uri_roots(base):  # URI datasets: each node fetches and prepares them in its first trial
+        mirror.check(uri)
     log(f"[{sweep.name}] data ready ({time.perf_counter() - started:.1f} s); "
         f"{'resuming' if restoring else 'starting'} {sweep.num_samples} trials, {limit} at a time -> {exp_dir}")
 
@@ -330,7 +354,7 @@ def run_sweep(sweep: Sweep, storage="results/sweeps", *, resume: bool = False, n
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable(), resume_unfinished=True,
                                    resume_errored=True)
     else:
-        tuner = _new_tuner(sweep, exp_dir, runs_dir, limit)
+        tuner = _new_tuner(sweep, base_dir, runs_dir, limit)
     grid = tuner.fit()
 
     outcome = summarize(sweep, exp_dir, log=log)
@@ -340,14 +364,15 @@ def run_sweep(sweep: Sweep, storage="results/sweeps", *, resume: bool = False, n
     return outcome
 
 
-def _new_tuner(sweep: Sweep, exp_dir: Path, runs_dir: Path, limit: int):
+def _new_tuner(sweep: Sweep, base_dir, runs_dir, limit: int):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = sweep.base_spec()
     param_space = trial_config(base, runs_dir=runs_dir, metric=sweep.metric, sweep=sweep.name,
-                               pretrain_storage=str(exp_dir / "pretrain"))
+                               pretrain_storage=str(storage.join(base_dir, sweep.name, "pretrain")),
+                               shared_encoders=shared_encoders_for(storage.join(base_dir, sweep.name)))
     search = OptunaSearch(space=DefineByRun(sweep), metric=sweep.metric, mode=sweep.mode,
                           points_to_evaluate=sweep.optuna_points() or None, seed=sweep.seed)
     scheduler = None
@@ -366,7 +391,7 @@ def _new_tuner(sweep: Sweep, exp_dir: Path, runs_dir: Path, limit: int):
         tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=sweep.num_samples,
                                     max_concurrent_trials=limit, trial_dirname_creator=_trial_dirname,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=sweep.name, storage_path=str(exp_dir.parent), verbose=0,
+        run_config=tune.RunConfig(name=sweep.name, storage_path=str(base_dir), verbose=0,
                                   callbacks=[SweepProgress(sweep, runs_dir)]),
     )
 
@@ -385,9 +410,9 @@ def max_pretrain_epochs(sweep: Sweep) -> int:
     return max(epochs) * len(pretrain_units(base))
 
 
-def summarize(sweep: Sweep, exp_dir: Path, *, log=print) -> SweepOutcome:
+def summarize(sweep: Sweep, exp_dir, *, log=print) -> SweepOutcome:
     """Read the sweep's records, save the best trial's spec as best_spec.yaml, print it."""
-    runs_dir = exp_dir / "runs"
+    runs_dir = storage.join(exp_dir, "runs")
     records = read_records(runs_dir)
     outcome = SweepOutcome(exp_dir, runs_dir, len(records), None, None, False, [])
     best = best_record(records, sweep.metric, sweep.mode)
@@ -395,13 +420,11 @@ def summarize(sweep: Sweep, exp_dir: Path, *, log=print) -> SweepOutcome:
         log(f"[{sweep.name}] no trial has finished its evaluation yet")
         return outcome
     spec = json.loads(best["spec_json"])
-    path = exp_dir / "best_spec.yaml"
+    path = storage.join(exp_dir, "best_spec.yaml")
     header = (f"# Best trial of sweep '{sweep.name}': {best['run_id']}, {sweep.metric} = "
               f"{best[sweep.metric]:.4f} ({sweep.mode}, {len(records)} trials).\n"
               f"# Run it: clmr-ray run --config {path}\n")
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(header + yaml.safe_dump(spec, sort_keys=False))
-    os.replace(tmp, path)
+    storage.write_text(exp_dir, "best_spec.yaml", header + yaml.safe_dump(spec, sort_keys=False))
     params = json.loads(best.get("params") or "{}")
     log(f"[{sweep.name}] best of {len(records)}: {best['run_id']} {sweep.metric} {best[sweep.metric]:.4f}"
         + (f", test_acc {best['test_acc']:.4f}" if "test_acc" in best else ""))
@@ -422,20 +445,20 @@ def best_record(records, metric: str, mode: str) -> dict | None:
     return rows.loc[index].to_dict()
 
 
-def _check_folder(sweep: Sweep, exp_dir: Path, resume: bool, log) -> bool:
+def _check_folder(sweep: Sweep, exp_dir, resume: bool, log) -> bool:
     """Whether to restore; refuses to mix a new sweep into an old folder."""
-    saved = exp_dir / "sweep.yaml"
-    has_state = tune.Tuner.can_restore(str(exp_dir)) if exp_dir.is_dir() else False
+    saved = storage.join(exp_dir, "sweep.yaml")
+    has_state = tune.Tuner.can_restore(str(exp_dir)) if storage.exists(exp_dir) else False
     if not resume:
-        if has_state or existing_run_ids(exp_dir / "runs"):
+        if has_state or existing_run_ids(storage.join(exp_dir, "runs")):
             raise SweepError(f"{exp_dir}: holds sweep '{sweep.name}' already; pass --resume to continue it, "
                              "or use another --storage")
         return False
     if not has_state:
         log(f"[{sweep.name}] nothing to resume under {exp_dir}; starting the sweep")
         return False
-    if saved.is_file():
-        before = yaml.safe_load(saved.read_text())
+    if storage.exists(saved):
+        before = yaml.safe_load(storage.read_text(saved))
         key = _first_difference(before, sweep.to_dict())
         if key is not None:
             raise SweepError(f"{exp_dir}: the sweep changed since it started ({key}); resume with the same file "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,19 @@ class Listing:
 
     def counts(self) -> dict[str, int]:
         return {s: sum(t.split == s for t in self.tracks) for s in SPLITS}
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive lock on `path` (created if missing) across processes of this machine
+    (and of NFSv4/EFS clients); released when the block ends or the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def data_dir() -> Path:

@@ -32,7 +32,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from .base import SPLITS, DatasetError, Listing, data_dir, describe_problems
+from .base import SPLITS, DatasetError, Listing, data_dir, describe_problems, file_lock
 
 CACHE_FORMAT = 1
 DTYPES = ("int16", "float16")
@@ -169,8 +169,17 @@ def prepare(
     final = root / f"{listing.name}-{key}"
     if (final / MANIFEST).is_file():
         return PreparedCache(final, json.loads((final / MANIFEST).read_text()), reused=True)
+    # Runs that start together on one node (or on a shared folder) build it once; the others wait.
+    with file_lock(root / f".{final.name}.lock"):
+        if (final / MANIFEST).is_file():
+            return PreparedCache(final, json.loads((final / MANIFEST).read_text()), reused=True)
+        return _build_into(final, listing, sample_rate, dtype, min_samples, key, map_fn, on_progress,
+                           strict, tolerate)
 
-    root.mkdir(parents=True, exist_ok=True)
+
+def _build_into(final: Path, listing, sample_rate, dtype, min_samples, key, map_fn, on_progress, strict,
+                tolerate) -> PreparedCache:
+    root = final.parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
         manifest = _build(listing, sample_rate, dtype, min_samples, key, tmp, map_fn, on_progress)

@@ -10,6 +10,7 @@ from ..config import DataSpec, spec_hash
 from .base import DatasetError, Listing, data_dir
 from .folder import scan_folder
 from .gtzan import scan_gtzan
+from .mirror import local_root
 from .mtat import scan_mtat
 
 DATASETS = ("synthetic", "synthetic_tags", "gtzan", "mtat", "folder")
@@ -32,11 +33,12 @@ def scan(spec: DataSpec, map_fn: Callable = map) -> Listing:
         raise DatasetError(
             f"dataset '{name}' needs its folder: pass --root PATH or set data.root in the spec"
         )
+    root = local_root(spec.root)  # a URI: this node's copy of it
     if name == "gtzan":
-        return scan_gtzan(spec.root)
+        return scan_gtzan(root)
     if name == "mtat":
-        return scan_mtat(spec.root)
-    return scan_folder(spec.root, split_seed=spec.split_seed)
+        return scan_mtat(root)
+    return scan_folder(root, split_seed=spec.split_seed)
 
 
 def _scan_synthetic(spec: DataSpec, map_fn: Callable) -> Listing:

@@ -7,19 +7,24 @@ from clmr_ray.experiment import EncoderStore, encoder_key, pretrain_units, run_e
 FAST = {"pretrain.epochs": 1, "eval.epochs": 5, "audio.augment.pitch.enabled": False}
 
 
-def test_both_reuses_single_format_encoders(tmp_path, monkeypatch):
+def test_both_reuses_single_format_encoders_also_through_shared_storage(tmp_path, monkeypatch):
+    """Two stores that share nothing on disk (two nodes) but a storage URI: B reuses what A trained."""
     monkeypatch.setenv("CLMR_RAY_DATA", str(tmp_path))
-    store = EncoderStore(tmp_path / "encoders")
+    bucket = (tmp_path / "bucket" / "encoders").as_uri()
+    node_a, node_b = EncoderStore(tmp_path / "a", shared=bucket), EncoderStore(tmp_path / "b", shared=bucket)
     audio = config.preset("tiny", {**FAST, "format": "audio"})
-    first = run_experiment(audio, store=store, log=lambda *_: None)
+    first = run_experiment(audio, store=node_a, log=lambda *_: None)
     assert first.trained == ["audio"] and first.reused == []
     assert 0.0 <= first.metrics["test_acc"] <= 1.0
+    key = first.encoder_keys["audio"]
+    assert (tmp_path / "bucket" / "encoders" / f"{key}.pt").read_bytes() == node_a.path(key).read_bytes()
 
     both = config.with_overrides(audio, {"format": "both", "eval.epochs": 3})
-    second = run_experiment(both, store=store, log=lambda *_: None)
+    second = run_experiment(both, store=node_b, log=lambda *_: None)
     assert second.reused == ["audio"] and second.trained == ["spectrogram"]
-    assert second.encoder_keys["audio"] == first.encoder_keys["audio"]
+    assert second.encoder_keys["audio"] == key and node_b.path(key).is_file()
     assert second.metrics["feature_dim"] == 1024
+    assert EncoderStore(tmp_path / "c", shared=bucket).load("audio-unknown") is None
 
 
 def test_encoder_key_ignores_eval_scaling_and_paths():

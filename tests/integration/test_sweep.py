@@ -81,12 +81,13 @@ def test_sweep_records_every_trial_and_saves_the_best_spec(tmp_path, local_ray, 
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, local_ray, capsys):
+    """On URI storage (file:// here, s3:// on a cluster): Tune's state, records and best spec all there."""
     from clmr_ray.cli import main
 
     path = write_sweep(tmp_path, name="resumable", budget={"num_samples": 3, "max_concurrent_trials": 1, "seed": 1})
     storage = tmp_path / "sweeps"
     runs = storage / "resumable" / "runs"
-    args = ["sweep", str(path), "--storage", str(storage)]
+    args = ["sweep", str(path), "--storage", storage.as_uri()]
     driver = subprocess.Popen([sys.executable, "-m", "clmr_ray.cli", *args, "--num-cpus", "2"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 150

@@ -41,3 +41,12 @@ def test_console_script_is_installed():
     script = VENV_BIN / "clmr-ray"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     assert "usage: clmr-ray" in result.stdout
+
+
+def test_tables_without_records_is_one_line_for_folders_and_uris(capsys, tmp_path):
+    for results in (str(tmp_path / "none"), (tmp_path / "none").as_uri()):
+        assert main(["tables", results]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("clmr-ray: error: ") and "no run records" in err and "\n" not in err
+    assert main(["tables", "nosuchscheme://bucket/results"]) == 2
+    assert "not a usable filesystem URI" in capsys.readouterr().err
