@@ -136,7 +136,10 @@ def prepare_caches(spec: ExperimentSpec, map_fn: Callable = map
 
 def prepare_dataset(data: DataSpec, min_samples: int, *, map_fn: Callable = map, cache_root=None):
     """Scan one dataset (generating a synthetic corpus if needed) and build or reuse its crop
-    cache; returns (listing, PreparedCache, time the scan finished)."""
+    cache; returns (listing, PreparedCache, time the scan finished). A dataset given as a URI is
+    decoded in this process: its files are in this node's mirror, which other nodes' tasks cannot see."""
+    if data.root is not None and storage.is_uri(data.root):
+        map_fn = map
     listing = registry.scan(data, map_fn=map_fn)
     scanned = time.perf_counter()
     prepared = crop_cache.prepare(listing, data.sample_rate, min_samples=min_samples, dtype=data.cache_dtype,

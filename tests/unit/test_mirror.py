@@ -68,3 +68,16 @@ def test_bad_dataset_uri_is_one_line(tmp_path, data_home, make_uri, message):
     with pytest.raises(DatasetError, match=message) as info:
         mirror.fetch(uri, log=lambda _: None)
     assert uri in str(info.value) and "\n" not in str(info.value)
+
+
+def test_prepare_command_takes_a_uri_and_decodes_from_the_mirror(tmp_path, noise_file, data_home, capsys):
+    from clmr_ray.cli import main
+
+    bucket = make_bucket(tmp_path, noise_file)
+    assert main(["prepare", "folder", "--root", bucket.as_uri(), "--preset", "tiny", "--set",
+                 "pretrain.crop_samples=200"]) == 0
+    out = capsys.readouterr().out
+    assert "mirroring" in out and "folder: cached 8 files" in out and str(data_home / "cache") in out
+    assert main(["prepare", "folder", "--root", bucket.as_uri(), "--preset", "tiny", "--set",
+                 "pretrain.crop_samples=200"]) == 0
+    assert "reused cache" in capsys.readouterr().out
