@@ -40,6 +40,9 @@ Ray: a local Ray is started unless RAY_ADDRESS points at a running cluster.
 
 
 def main(argv: list[str] | None = None) -> int:
+    from clmr_ray.parallel import quiet_ray_defaults
+
+    quiet_ray_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -17,14 +17,20 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def quiet_ray_defaults() -> None:
+    """Ray's console settings for our commands, unless the user set them. Ray reads RAY_DEDUP_LOGS
+    when it is first imported, so the CLI calls this before anything imports Ray."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # per-epoch progress lines of parallel trials all show
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune prints nothing at verbose=0; our progress lines do
+
+
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Connect to RAY_ADDRESS when set, else start a quiet local Ray."""
+    quiet_ray_defaults()
     import ray
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # per-epoch progress lines of parallel trials all show
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune prints nothing at verbose=0; our progress lines do
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:  # "local": never attach to a cluster some `ray start` left recorded in /tmp/ray

@@ -50,3 +50,12 @@ def test_tables_without_records_is_one_line_for_folders_and_uris(capsys, tmp_pat
         assert err.startswith("clmr-ray: error: ") and "no run records" in err and "\n" not in err
     assert main(["tables", "nosuchscheme://bucket/results"]) == 2
     assert "not a usable filesystem URI" in capsys.readouterr().err
+
+
+def test_commands_turn_off_rays_log_deduplication_before_ray_is_imported():
+    """Else parallel trials' per-epoch lines collapse into '[repeated 8x across cluster]'."""
+    code = ("import os, sys; os.environ.pop('RAY_DEDUP_LOGS', None); from clmr_ray.cli import main; "
+            "main(['spec', '--preset', 'tiny']); assert 'ray' not in sys.modules; "
+            "import ray._private.ray_constants as c; print('dedup', c.RAY_DEDUP_LOGS)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "dedup False"
