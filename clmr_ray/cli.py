@@ -35,6 +35,8 @@ examples:
   clmr-ray bench augment --preset paper          batched vs per-example augmentation throughput
 
 Generated corpora and caches live in $CLMR_RAY_DATA (default ~/.cache/clmr-ray).
+Dataset roots and results/storage may be URIs (s3://bucket/prefix, gs://..., file://...): a dataset URI is
+copied once per node into $CLMR_RAY_DATA/mirrors; a results URI also gets Tune state and encoders.
 Ray: a local Ray is started unless RAY_ADDRESS points at a running cluster.
 """
 
