@@ -15,8 +15,7 @@ from ray import tune
 
 from . import storage
 from .ablations import Ablation, Run, expand
-from .data import mirror
-from .experiment import prepare_caches, uri_roots
+from .experiment import prepare_before_runs
 from .parallel import ensure_ray, ray_imap
 from .results import existing_run_ids, read_records
 from .tuning import concurrency_limit, run_trial, shared_encoders_for, trial_config, trial_resources
@@ -82,12 +81,7 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
     for run in todo:  # every dataset once, up front, with Ray tasks; trials then only read caches
         key = repr((run.spec.data, run.spec.pretrain_data, run.spec.pretrain.crop_samples))
         if key not in prepared:
-            if uri_roots(run.spec):
-                for uri in uri_roots(run.spec):  # reachable and not empty, before any trial starts
-                    log(f"[{ablation.name}] {uri}: {mirror.check(uri)} files; each node fetches and prepares "
-                        "them in its first run")
-            else:
-                prepare_caches(run.spec, map_fn=ray_imap)
+            prepare_before_runs(run.spec, map_fn=ray_imap, log=lambda line: log(f"[{ablation.name}] {line}"))
             prepared.add(key)
     log(f"[{ablation.name}] data ready ({time.perf_counter() - started:.1f} s)")
 

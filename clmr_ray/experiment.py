@@ -9,9 +9,6 @@ already trained. The Ray layer swaps `pretrain_fn` for a distributed one; nothin
 from __future__ import annotations
 
 import contextlib
-import io
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +19,7 @@ import torch
 from . import storage
 from .config import DataSpec, ExperimentSpec, spec_hash
 from .data import cache as crop_cache
-from .data import registry
+from .data import mirror, registry
 from .data.base import data_dir, file_lock
 from .evaluate import FORMATS, evaluate
 from .pretrain import PretrainResult, TrainContext, encoders_from_states, pretrain
@@ -75,13 +72,8 @@ class EncoderStore:
 
     def _fetch(self, key: str) -> None:
         remote = storage.join(self.shared, f"{key}.pt")
-        if not storage.exists(remote):
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=self.root)
-        with os.fdopen(fd, "wb") as f:
-            storage.download(remote, f)
-        os.replace(tmp, self.path(key))
+        if storage.exists(remote):
+            storage.write_file(self.root, f"{key}.pt", lambda path: storage.download(remote, path))
 
     @contextlib.contextmanager
     def lock(self, key: str):
@@ -91,16 +83,10 @@ class EncoderStore:
             yield
 
     def save(self, key: str, result: PretrainResult, spec: ExperimentSpec) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
         payload = {"encoder_states": result.encoder_states, "history": result.history,
                    "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                    "spec_hash": spec_hash(spec)}
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=self.root)
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, self.path(key))
+        storage.write_file(self.root, f"{key}.pt", lambda path: torch.save(payload, path))
         if self.shared is not None:
             storage.upload(self.path(key), self.shared)
         return self.path(key)
@@ -121,6 +107,17 @@ def uri_roots(spec: ExperimentSpec) -> list[str]:
     (data/mirror.py), so a driver does not prepare them up front with tasks on other nodes."""
     return [d.root for d in (spec.data, spec.pretrain_data)
             if d is not None and d.root is not None and storage.is_uri(d.root)]
+
+
+def prepare_before_runs(spec: ExperimentSpec, map_fn: Callable = map, log: Callable[[str], None] = print) -> None:
+    """A driver's step before its runs start: build the crop caches once (with `map_fn`), or, for
+    datasets given as URIs, only check that they list files: each node fetches and prepares those in
+    its own first run, since tasks on other nodes could not see this node's mirror."""
+    roots = uri_roots(spec)
+    for uri in roots:
+        log(f"{uri}: {mirror.check(uri)} files; each node fetches and prepares them in its first run")
+    if not roots:
+        prepare_caches(spec, map_fn=map_fn)
 
 
 def prepare_caches(spec: ExperimentSpec, map_fn: Callable = map

@@ -12,10 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -83,23 +81,8 @@ def write_record(record: dict, runs_dir) -> Path | str:
     run_id = str(record["run_id"])
     if not run_id or "/" in run_id or run_id.startswith("."):
         raise ValueError(f"run_id {run_id!r}: must be a non-empty file name")
-    if storage.is_uri(runs_dir):
-        with tempfile.TemporaryDirectory(prefix="clmr-record-") as staging:
-            local = Path(staging) / f"{run_id}{RECORD_SUFFIX}"
-            pq.write_table(pa.Table.from_pylist([record]), local)
-            return storage.upload(local, runs_dir)
-    runs_dir = Path(runs_dir).expanduser()
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    final = runs_dir / f"{run_id}{RECORD_SUFFIX}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{run_id}.", suffix=".tmp", dir=runs_dir)
-    os.close(fd)
-    try:
-        pq.write_table(pa.Table.from_pylist([record]), tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return final
+    return storage.write_file(runs_dir, f"{run_id}{RECORD_SUFFIX}",
+                              lambda path: pq.write_table(pa.Table.from_pylist([record]), path))
 
 
 def record_paths(runs_dir) -> list[Path] | list[str]:

@@ -1,4 +1,5 @@
-"""Where results live: a local folder or a pyarrow filesystem URI (file://, s3://, gs://, ...).
+"""Folders that are a local path or a pyarrow filesystem URI (file://, s3://, gs://, ...): results,
+Tune state, shared encoders and dataset buckets. Depends on config only, so any layer may use it.
 
 Local folders stay plain paths (`Path`), so everything that worked on one machine works unchanged;
 a URI stays a string and is read and written through `pyarrow.fs`, which is also what Ray Tune and
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import SpecError
@@ -80,12 +82,17 @@ def exists(location) -> bool:
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
-def download(location, sink) -> None:
-    """Copy the file at `location` into the open binary file `sink`, in chunks."""
-    fs, path = filesystem(location)
+def copy_stream(fs, path: str, sink) -> None:
+    """Copy file `path` of pyarrow filesystem `fs` into the open binary file `sink`, in chunks."""
     with fs.open_input_stream(path) as stream:
         while chunk := stream.read(1 << 22):
             sink.write(chunk)
+
+
+def download(location, local_file) -> None:
+    """Copy the file at `location` (a path or a URI) to the local path `local_file`."""
+    with open(local_file, "wb") as sink:
+        copy_stream(*filesystem(location), sink)
 
 
 def read_text(location) -> str:
@@ -94,16 +101,26 @@ def read_text(location) -> str:
         return stream.read().decode()
 
 
+def write_file(folder, name: str, write: Callable[[Path], None]) -> Path | str:
+    """Make folder/name with `write(path)` so that readers see the whole file or none: a hidden temp
+    file renamed into place in a local folder; written locally, then uploaded, for a URI."""
+    if is_uri(folder):
+        with tempfile.TemporaryDirectory(prefix="clmr-upload-") as staging:
+            local = Path(staging) / name
+            write(local)
+            return upload(local, folder, name)
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=folder)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, folder / name)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return folder / name
+
+
 def write_text(folder, name: str, text: str) -> Path | str:
-    """Write `text` as folder/name, whole or not at all (a local folder or a URI)."""
-    if not is_uri(folder):
-        folder = Path(folder).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = folder / f".{name}.partial"
-        staging.write_text(text)
-        os.replace(staging, folder / name)
-        return folder / name
-    with tempfile.TemporaryDirectory(prefix="clmr-text-") as staging:
-        local = Path(staging) / name
-        local.write_text(text)
-        return upload(local, folder, name)
+    return write_file(folder, name, lambda path: path.write_text(text))

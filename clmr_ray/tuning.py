@@ -324,8 +324,7 @@ def run_sweep(sweep: Sweep, location="results/sweeps", *, resume: bool = False, 
     """Run (or resume) a sweep; every finished trial leaves a Parquet record under
     <location>/<name>/runs/, and the best trial's spec is saved as <location>/<name>/best_spec.yaml.
     `location` is a folder or a filesystem URI (file://, s3://, ...): Tune's state goes there too."""
-    from .data import mirror
-    from .experiment import prepare_caches, uri_roots
+    from .experiment import prepare_before_runs
     from .parallel import ray_imap
 
     base_dir = storage.resolve(location)
@@ -343,10 +342,7 @@ def run_sweep(sweep: Sweep, location="results/sweeps", *, resume: bool = False, 
         log(f"[{sweep.name}] max_concurrent_trials {sweep.max_concurrent_trials} -> {limit}: "
             "that many trials' workers fit in the Ray cluster")
     started = time.perf_counter()
-    if not uri_roots(base):
-        prepare_caches(base, map_fn=ray_imap)
-    for uri in uri_roots(base):  # URI datasets: each node fetches and prepares them in its first trial
-        mirror.check(uri)
+    prepare_before_runs(base, map_fn=ray_imap, log=lambda line: log(f"[{sweep.name}] {line}"))
     log(f"[{sweep.name}] data ready ({time.perf_counter() - started:.1f} s); "
         f"{'resuming' if restoring else 'starting'} {sweep.num_samples} trials, {limit} at a time -> {exp_dir}")
 
@@ -370,9 +366,10 @@ def _new_tuner(sweep: Sweep, base_dir, runs_dir, limit: int):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = sweep.base_spec()
+    exp_dir = storage.join(base_dir, sweep.name)
     param_space = trial_config(base, runs_dir=runs_dir, metric=sweep.metric, sweep=sweep.name,
-                               pretrain_storage=str(storage.join(base_dir, sweep.name, "pretrain")),
-                               shared_encoders=shared_encoders_for(storage.join(base_dir, sweep.name)))
+                               pretrain_storage=str(storage.join(exp_dir, "pretrain")),
+                               shared_encoders=shared_encoders_for(exp_dir))
     search = OptunaSearch(space=DefineByRun(sweep), metric=sweep.metric, mode=sweep.mode,
                           points_to_evaluate=sweep.optuna_points() or None, seed=sweep.seed)
     scheduler = None

@@ -88,3 +88,38 @@ def make_mtat(root: Path) -> Path:
 @pytest.fixture(name="make_mtat")
 def make_mtat_fixture():
     return make_mtat
+
+
+def make_songs(root: Path, per_label: int = 5, seconds: float = 1.0) -> Path:
+    """A folder dataset (two labels): <root>/bass/bass<i>.wav and <root>/drums/drums<i>.wav, noise
+    with a different seed per file."""
+    for offset, label in enumerate(("bass", "drums")):
+        for i in range(per_label):
+            write_noise(root / label / f"{label}{i}.wav", seconds=seconds, seed=i + 10 * offset)
+    return root
+
+
+@pytest.fixture(name="make_songs")
+def make_songs_fixture():
+    return make_songs
+
+
+def one_row_ablation(name: str) -> str:
+    """An ablation file: one audio row, seed 0, 1 pretraining epoch (the fastest real run)."""
+    return f"""\
+name: {name}
+seeds: [0]
+base:
+  pretrain.epochs: 1
+  eval.epochs: 3
+  audio.augment.pitch.enabled: false
+rows:
+  - id: audio
+    label: audio
+    overrides: {{format: audio}}
+"""
+
+
+@pytest.fixture(name="one_row_ablation")
+def one_row_ablation_fixture():
+    return one_row_ablation

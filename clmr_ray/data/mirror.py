@@ -3,7 +3,7 @@
 Every node that scans such a dataset fetches it into its own `<data dir>/mirrors/<name>-<hash>/`
 and caches crops from there, so a cluster without a shared file system still reads the same data
 everywhere: the per-node `prepare` of the README. A mirror is finished when its `.complete` file
-exists; until then every file is fetched to a temporary name and renamed, and a later call fetches
+exists; until then every file is fetched to a hidden temporary name and renamed, and a later call fetches
 only what is missing or differs in size (an interrupted download resumes). One process per node
 fetches at a time (file lock); the others wait and then use the finished mirror. A finished mirror
 is not compared with the bucket again: delete its folder to fetch a changed dataset.
@@ -79,12 +79,7 @@ def _copy_tree(uri: str, target: Path, log) -> None:
     done_bytes = 0
     for i, (rel, size) in enumerate(missing, 1):
         local = target / rel
-        local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(f".{local.name}.partial")
-        with fs.open_input_stream(f"{base}/{rel}") as source, open(partial, "wb") as sink:
-            while chunk := source.read(1 << 22):
-                sink.write(chunk)
-        partial.replace(local)
+        storage.write_file(local.parent, local.name, lambda path, rel=rel: _fetch_file(fs, f"{base}/{rel}", path))
         done_bytes += size
         now = time.perf_counter()
         if now - last_report > 10 or i == len(missing):
@@ -93,3 +88,8 @@ def _copy_tree(uri: str, target: Path, log) -> None:
             last_report = now
     (target / COMPLETE).write_text(json.dumps({"uri": uri, "files": len(files),
                                                "bytes": sum(size for _, size in files)}))
+
+
+def _fetch_file(fs, remote_path: str, local: Path) -> None:
+    with open(local, "wb") as sink:
+        storage.copy_stream(fs, remote_path, sink)

@@ -20,13 +20,6 @@ from clmr_ray.experiment import prepare_caches
 pytestmark = pytest.mark.slow
 
 
-def make_bucket(root, noise_file):
-    for label in ("bass", "drums"):
-        for i in range(5):
-            noise_file(root / label / f"{label}{i}.wav", seconds=1.0, seed=i + (10 if label == "drums" else 0))
-    return root
-
-
 @pytest.fixture
 def cluster_factory(monkeypatch, tmp_path):
     monkeypatch.setenv("CLMR_RAY_DATA", str(tmp_path / "driver-data"))
@@ -63,10 +56,10 @@ def on_node(node_id, spec):
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(spec)
 
 
-def test_shared_path_is_prepared_once_by_the_driver(cluster_factory, tmp_path, noise_file):
+def test_shared_path_is_prepared_once_by_the_driver(cluster_factory, tmp_path, make_songs):
     shared = tmp_path / "shared"
     nodes = cluster_factory(shared, shared)
-    songs = make_bucket(tmp_path / "songs", noise_file)
+    songs = make_songs(tmp_path / "songs")
     spec = config.preset("tiny", {"data.dataset": "folder", "data.root": str(songs)})
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CLMR_RAY_DATA", str(shared))
@@ -79,10 +72,10 @@ def test_shared_path_is_prepared_once_by_the_driver(cluster_factory, tmp_path, n
     assert not (shared / "mirrors").exists()
 
 
-def test_each_node_mirrors_a_bucket_and_builds_the_same_cache(cluster_factory, tmp_path, noise_file):
+def test_each_node_mirrors_a_bucket_and_builds_the_same_cache(cluster_factory, tmp_path, make_songs):
     node_dirs = [tmp_path / "node-a", tmp_path / "node-b"]
     nodes = cluster_factory(*node_dirs)
-    bucket = make_bucket(tmp_path / "bucket" / "songs", noise_file)
+    bucket = make_songs(tmp_path / "bucket" / "songs")
     spec = config.preset("tiny", {"data.dataset": "folder", "data.root": bucket.as_uri()})
     got = ray.get([on_node(node, spec) for node in nodes])
     assert {g["node"] for g in got} == set(nodes)
@@ -97,22 +90,8 @@ def test_each_node_mirrors_a_bucket_and_builds_the_same_cache(cluster_factory, t
     assert not (tmp_path / "driver-data").exists()  # the driver fetched nothing
 
 
-ABLATION = """\
-name: nodes
-seeds: [0]
-base:
-  pretrain.epochs: 1
-  eval.epochs: 3
-  audio.augment.pitch.enabled: false
-rows:
-  - id: audio
-    label: audio
-    overrides: {format: audio}
-"""
-
-
 def test_ablation_runs_on_a_node_that_fetches_the_bucket_and_shares_its_encoder(cluster_factory, tmp_path,
-                                                                                   noise_file):
+                                                                                   make_songs, one_row_ablation):
     """The head has no CPU (as in cluster.yaml): the run lands on the worker node, which keeps its own
     $CLMR_RAY_DATA, mirrors the dataset URI there, and uploads its encoder beside the records."""
     from clmr_ray.ablate import run_ablation
@@ -120,8 +99,8 @@ def test_ablation_runs_on_a_node_that_fetches_the_bucket_and_shares_its_encoder(
 
     head_data, node_data = tmp_path / "node-a", tmp_path / "node-b"
     cluster_factory(head_data, node_data, head_cpus=0)
-    bucket = make_bucket(tmp_path / "bucket" / "songs", noise_file)
-    (tmp_path / "nodes.yaml").write_text(ABLATION)
+    bucket = make_songs(tmp_path / "bucket" / "songs")
+    (tmp_path / "nodes.yaml").write_text(one_row_ablation("nodes"))
     results = tmp_path / "results"
     lines = []
     outcome = run_ablation(load_ablation(tmp_path / "nodes.yaml"), "tiny", results_dir=results.as_uri(),
@@ -134,13 +113,13 @@ def test_ablation_runs_on_a_node_that_fetches_the_bucket_and_shares_its_encoder(
     assert not head_data.exists() and not (tmp_path / "driver-data").exists()
 
 
-def test_unreachable_dataset_uri_fails_before_any_run(cluster_factory, tmp_path):
+def test_unreachable_dataset_uri_fails_before_any_run(cluster_factory, tmp_path, one_row_ablation):
     from clmr_ray.ablate import run_ablation
     from clmr_ray.ablations import load_ablation
     from clmr_ray.data.base import DatasetError
 
     cluster_factory(tmp_path / "node-a", tmp_path / "node-b")
-    (tmp_path / "nodes.yaml").write_text(ABLATION)
+    (tmp_path / "nodes.yaml").write_text(one_row_ablation("nodes"))
     missing = (tmp_path / "no-bucket").as_uri()
     with pytest.raises(DatasetError, match="no such folder"):
         run_ablation(load_ablation(tmp_path / "nodes.yaml"), "tiny", results_dir=tmp_path / "results",

@@ -80,15 +80,8 @@ def upload_folder(fs, local: Path, key: str) -> str:
     return f"s3://{BUCKET}/{key}"
 
 
-def make_songs(root: Path, noise_file) -> Path:
-    for label in ("bass", "drums"):
-        for i in range(5):
-            noise_file(root / label / f"{label}{i}.wav", seconds=1.0, seed=i + (10 if label == "drums" else 0))
-    return root
-
-
-def test_dataset_bucket_is_mirrored_and_scanned(s3, tmp_path, noise_file, data_home):
-    songs = make_songs(tmp_path / "songs", noise_file)
+def test_dataset_bucket_is_mirrored_and_scanned(s3, tmp_path, make_songs, data_home):
+    songs = make_songs(tmp_path / "songs")
     uri = upload_folder(s3, songs, "datasets/songs")
     assert mirror.check(uri) == 10
     copy = mirror.fetch(uri, log=lambda _: None)
@@ -100,26 +93,13 @@ def test_dataset_bucket_is_mirrored_and_scanned(s3, tmp_path, noise_file, data_h
         mirror.check(f"s3://{BUCKET}/datasets/nothing-here")
 
 
-ABLATION = """\
-name: s3mini
-seeds: [0]
-base:
-  pretrain.epochs: 1
-  eval.epochs: 3
-  audio.augment.pitch.enabled: false
-rows:
-  - id: audio
-    label: audio
-    overrides: {format: audio}
-"""
-
-
-def test_ablation_on_s3_results_then_tables_from_the_bucket(s3, tmp_path, noise_file, data_home, capsys):
+def test_ablation_on_s3_results_then_tables_from_the_bucket(s3, tmp_path, make_songs, one_row_ablation,
+                                                            data_home, capsys):
     from clmr_ray.ablate import run_ablation
     from clmr_ray.ablations import load_ablation
 
-    songs = upload_folder(s3, make_songs(tmp_path / "songs", noise_file), "datasets/songs2")
-    (tmp_path / "s3mini.yaml").write_text(ABLATION)
+    songs = upload_folder(s3, make_songs(tmp_path / "songs"), "datasets/songs2")
+    (tmp_path / "s3mini.yaml").write_text(one_row_ablation("s3mini"))
     results = f"s3://{BUCKET}/results"
     extra = {"data.dataset": "folder", "data.root": songs}
     ray.shutdown()

@@ -7,12 +7,8 @@ from clmr_ray.data import mirror, registry
 from clmr_ray.data.base import DatasetError
 
 
-def make_bucket(tmp_path, noise_file, per_label: int = 4):
-    bucket = tmp_path / "bucket" / "songs"
-    for label in ("bass", "drums"):
-        for i in range(per_label):
-            noise_file(bucket / label / f"{label}{i}.wav", seed=i)
-    return bucket
+def make_bucket(tmp_path, make_songs):
+    return make_songs(tmp_path / "bucket" / "songs", per_label=4, seconds=0.05)
 
 
 @pytest.fixture
@@ -25,8 +21,8 @@ def test_local_root_is_left_alone(tmp_path):
     assert mirror.local_root(str(tmp_path)) == str(tmp_path)
 
 
-def test_uri_root_is_mirrored_once_and_scanned_from_the_copy(tmp_path, noise_file, data_home):
-    bucket = make_bucket(tmp_path, noise_file)
+def test_uri_root_is_mirrored_once_and_scanned_from_the_copy(tmp_path, make_songs, data_home):
+    bucket = make_bucket(tmp_path, make_songs)
     uri = bucket.as_uri()
     lines = []
     copy = mirror.fetch(uri, log=lines.append)
@@ -43,8 +39,8 @@ def test_uri_root_is_mirrored_once_and_scanned_from_the_copy(tmp_path, noise_fil
     assert len(listing.tracks) == 8 and all(str(t.path).startswith(str(copy)) for t in listing.tracks)
 
 
-def test_interrupted_mirror_fetches_only_what_is_missing(tmp_path, noise_file, data_home):
-    bucket = make_bucket(tmp_path, noise_file)
+def test_interrupted_mirror_fetches_only_what_is_missing(tmp_path, make_songs, data_home):
+    bucket = make_bucket(tmp_path, make_songs)
     uri = bucket.as_uri()
     copy = mirror.fetch(uri, log=lambda _: None)
     (copy / mirror.COMPLETE).unlink()
@@ -70,10 +66,10 @@ def test_bad_dataset_uri_is_one_line(tmp_path, data_home, make_uri, message):
     assert uri in str(info.value) and "\n" not in str(info.value)
 
 
-def test_prepare_command_takes_a_uri_and_decodes_from_the_mirror(tmp_path, noise_file, data_home, capsys):
+def test_prepare_command_takes_a_uri_and_decodes_from_the_mirror(tmp_path, make_songs, data_home, capsys):
     from clmr_ray.cli import main
 
-    bucket = make_bucket(tmp_path, noise_file)
+    bucket = make_bucket(tmp_path, make_songs)
     assert main(["prepare", "folder", "--root", bucket.as_uri(), "--preset", "tiny", "--set",
                  "pretrain.crop_samples=200"]) == 0
     out = capsys.readouterr().out
