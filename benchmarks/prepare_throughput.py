@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[8000, 16000, 22050])
     parser.add_argument("--crop", type=int, default=59049)
     parser.add_argument("--batch", type=int, default=48)
-    parser.add_argument("--ray", action="store_true", help="also prepare through clmr_ray.parallel.ray_imap")
+    parser.add_argument("--ray", action="store_true", help="also prepare through clmr_ray.distributed.tasks.ray_imap")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="clmr-prepare-bench-"))
@@ -57,7 +57,7 @@ def main() -> None:
         print(f"prepare again (reused): {time.perf_counter() - start:.3f} s")
 
         if args.ray:
-            from clmr_ray.parallel import ensure_ray, ray_imap
+            from clmr_ray.distributed.tasks import ensure_ray, ray_imap
 
             ensure_ray()
             start = time.perf_counter()

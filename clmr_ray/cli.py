@@ -42,7 +42,7 @@ Ray: a local Ray is started unless RAY_ADDRESS points at a running cluster.
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clmr_ray.parallel import quiet_ray_defaults
+    from clmr_ray.distributed.tasks import quiet_ray_defaults
 
     quiet_ray_defaults()
     parser = build_parser()
@@ -214,7 +214,7 @@ def prepare_data(data: config.DataSpec, min_samples: int, *, cache_root=None, se
 
     map_fn = map
     if not serial:
-        from clmr_ray.parallel import ray_imap
+        from clmr_ray.distributed.tasks import ray_imap
 
         map_fn = ray_imap
     started = time.perf_counter()
@@ -240,7 +240,7 @@ def cmd_run(args) -> int:
     spec = resolve_spec(args)
     map_fn = map
     if not args.serial:
-        from clmr_ray.parallel import ray_imap
+        from clmr_ray.distributed.tasks import ray_imap
 
         map_fn = ray_imap
     result = run_experiment(spec, map_fn=map_fn, device=args.device)
@@ -252,8 +252,8 @@ def cmd_run(args) -> int:
 
 
 def _ablate(path, args, log=print):
-    from clmr_ray.ablate import run_ablation
-    from clmr_ray.ablations import load_ablation
+    from clmr_ray.ablation_files import load_ablation
+    from clmr_ray.distributed.ablate import run_ablation
 
     ablation = load_ablation(path)
     roots = {"gtzan": args.gtzan_root, "mtat": args.mtat_root}
@@ -266,7 +266,7 @@ def _ablate(path, args, log=print):
 
 
 def cmd_ablate(args) -> int:
-    from clmr_ray.ablations import load_ablation
+    from clmr_ray.ablation_files import load_ablation
 
     load_ablation(args.file)  # a bad file fails here, before Ray starts
     outcome = _ablate(args.file, args)
@@ -311,7 +311,7 @@ def build_tables(records, out, titles: dict | None = None) -> dict[str, str]:
 
 
 def cmd_reproduce(args) -> int:
-    from clmr_ray.ablations import load_ablation
+    from clmr_ray.ablation_files import load_ablation
     from clmr_ray.results import read_records
 
     files = [ABLATIONS_DIR / "table1.yaml", ABLATIONS_DIR / "table2.yaml"]
@@ -338,13 +338,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from clmr_ray import sweeps
+    from clmr_ray import sweep_files
 
-    sweep = sweeps.load_sweep(args.file, preset=args.preset, num_samples=args.num_samples,
+    sweep = sweep_files.load_sweep(args.file, preset=args.preset, num_samples=args.num_samples,
                               max_concurrent_trials=args.max_concurrent, base=parse_sets(args.set))
-    from clmr_ray import tuning  # imports Ray: only once the sweep file is valid
+    from clmr_ray.distributed import tune  # imports Ray: only once the sweep file is valid
 
-    outcome = tuning.run_sweep(sweep, args.storage, resume=args.resume, num_cpus=args.num_cpus)
+    outcome = tune.run_sweep(sweep, args.storage, resume=args.resume, num_cpus=args.num_cpus)
     for error in outcome.errors:
         print(f"clmr-ray: trial failed: {error}", file=sys.stderr)
     if outcome.interrupted:

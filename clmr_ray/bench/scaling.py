@@ -29,9 +29,9 @@ from clmr_ray.config import preset as load_preset
 def train_scaling(preset: str = "tiny", workers=(1, 2), epochs: int = 2, fmt: str = "audio",
                   overrides: dict | None = None) -> list[dict]:
     """One row per worker count: crops/s, epoch time, wall time, speedup over the first row."""
-    from clmr_ray.distributed import ray_pretrain_fn
+    from clmr_ray.distributed.tasks import ensure_ray
+    from clmr_ray.distributed.train import ray_pretrain_fn
     from clmr_ray.experiment import local_pretrain_fn, prepare_caches
-    from clmr_ray.parallel import ensure_ray
 
     spec = load_preset(preset, {"pretrain.epochs": epochs, "format": fmt, **(overrides or {})})
     _, cache = prepare_caches(spec)
@@ -85,12 +85,12 @@ def sweep_overhead(preset: str = "tiny", trials: int = 4, concurrent: int = 1, e
     generation are reported apart."""
     import os
 
-    from clmr_ray import results, sweeps
+    from clmr_ray import results, sweep_files
+    from clmr_ray.distributed.tasks import ensure_ray
+    from clmr_ray.distributed.tune import run_sweep
     from clmr_ray.experiment import prepare_caches
-    from clmr_ray.parallel import ensure_ray
-    from clmr_ray.tuning import run_sweep
 
-    sweep = sweeps.sweep_from_dict({
+    sweep = sweep_files.sweep_from_dict({
         "name": "overhead", "preset": preset,
         "base": {"format": "audio", "pretrain.epochs": epochs, "audio.augment.pitch.enabled": False},
         "space": {"pretrain.temperature": {"type": "float", "low": 0.1, "high": 1.0, "log": True}},

@@ -155,7 +155,7 @@ def prepare(
     Files that do not decode, are silent or shorter than `min_samples` after resampling are
     left out and listed in the manifest; with `strict` any such file raises instead (except
     the track ids in `tolerate`). `map_fn(decode_track, jobs)` may run the decoding elsewhere
-    (clmr_ray.parallel.ray_imap streams results back in order)."""
+    (clmr_ray.distributed.tasks.ray_imap streams results back in order)."""
     if dtype not in DTYPES:
         raise DatasetError(f"cache dtype '{dtype}' is not one of {', '.join(DTYPES)}")
     if sample_rate <= 0 or min_samples < 1:

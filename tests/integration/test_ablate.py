@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from clmr_ray.ablate import run_ablation
-from clmr_ray.ablations import load_ablation
+from clmr_ray.ablation_files import load_ablation
 from clmr_ray.cli import main
+from clmr_ray.distributed.ablate import run_ablation
 from clmr_ray.results import read_records, record_paths
 
 ABLATION = """\

@@ -94,8 +94,8 @@ def test_ablation_runs_on_a_node_that_fetches_the_bucket_and_shares_its_encoder(
                                                                                    make_songs, one_row_ablation):
     """The head has no CPU (as in cluster.yaml): the run lands on the worker node, which keeps its own
     $CLMR_RAY_DATA, mirrors the dataset URI there, and uploads its encoder beside the records."""
-    from clmr_ray.ablate import run_ablation
-    from clmr_ray.ablations import load_ablation
+    from clmr_ray.ablation_files import load_ablation
+    from clmr_ray.distributed.ablate import run_ablation
 
     head_data, node_data = tmp_path / "node-a", tmp_path / "node-b"
     cluster_factory(head_data, node_data, head_cpus=0)
@@ -114,9 +114,9 @@ def test_ablation_runs_on_a_node_that_fetches_the_bucket_and_shares_its_encoder(
 
 
 def test_unreachable_dataset_uri_fails_before_any_run(cluster_factory, tmp_path, one_row_ablation):
-    from clmr_ray.ablate import run_ablation
-    from clmr_ray.ablations import load_ablation
+    from clmr_ray.ablation_files import load_ablation
     from clmr_ray.data.base import DatasetError
+    from clmr_ray.distributed.ablate import run_ablation
 
     cluster_factory(tmp_path / "node-a", tmp_path / "node-b")
     (tmp_path / "nodes.yaml").write_text(one_row_ablation("nodes"))

@@ -6,7 +6,7 @@ import torch
 from ray.cluster_utils import Cluster
 
 from clmr_ray import config
-from clmr_ray.distributed import FAIL_AT_EPOCH_ENV, ray_pretrain_fn, run_name
+from clmr_ray.distributed.train import FAIL_AT_EPOCH_ENV, ray_pretrain_fn, run_name
 from clmr_ray.experiment import EncoderStore, local_pretrain_fn, prepare_caches, run_experiment
 
 RAY_ARGS = {"num_cpus": 4, "include_dashboard": False, "logging_level": "WARNING"}

@@ -140,7 +140,7 @@ def test_job_runs_an_ablation_on_the_cluster(cluster, tmp_path):
     env_vars = {"CLMR_RAY_DATA": str(tmp_path / "data")}
 
     # a job driver sees RAY_ADDRESS, so ensure_ray joins the cluster (both raylets: 3 CPUs)
-    script = ("import os, ray; from clmr_ray.parallel import ensure_ray; ensure_ray(); "
+    script = ("import os, ray; from clmr_ray.distributed.tasks import ensure_ray; ensure_ray(); "
               "print('address', os.environ['RAY_ADDRESS'], 'cpus', ray.cluster_resources()['CPU'])")
     probe = submit(cluster, "clmr-probe", workdir, [sys.executable, "-c", script], env_vars)
     assert status(cluster, "clmr-probe") == "SUCCEEDED", probe.stdout[-3000:] + probe.stderr[-3000:]

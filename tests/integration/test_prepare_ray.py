@@ -7,7 +7,7 @@ import pytest
 import ray
 
 from clmr_ray.cli import main
-from clmr_ray.parallel import ray_imap
+from clmr_ray.distributed.tasks import ray_imap
 
 
 @pytest.fixture(scope="module")

@@ -95,8 +95,8 @@ def test_dataset_bucket_is_mirrored_and_scanned(s3, tmp_path, make_songs, data_h
 
 def test_ablation_on_s3_results_then_tables_from_the_bucket(s3, tmp_path, make_songs, one_row_ablation,
                                                             data_home, capsys):
-    from clmr_ray.ablate import run_ablation
-    from clmr_ray.ablations import load_ablation
+    from clmr_ray.ablation_files import load_ablation
+    from clmr_ray.distributed.ablate import run_ablation
 
     songs = upload_folder(s3, make_songs(tmp_path / "songs"), "datasets/songs2")
     (tmp_path / "s3mini.yaml").write_text(one_row_ablation("s3mini"))

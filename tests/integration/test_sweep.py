@@ -13,7 +13,7 @@ import ray
 import yaml
 
 from clmr_ray import config, results
-from clmr_ray.sweeps import load_sweep
+from clmr_ray.sweep_files import load_sweep
 
 TEMPERATURE = {"type": "float", "low": 0.1, "high": 1.0, "log": True}
 NOISE = "audio.augment.noise"
@@ -55,7 +55,7 @@ def write_sweep(folder: Path, **changes) -> Path:
 
 
 def test_sweep_records_every_trial_and_saves_the_best_spec(tmp_path, local_ray, capsys):
-    from clmr_ray.tuning import run_sweep
+    from clmr_ray.distributed.tune import run_sweep
 
     sweep = load_sweep(write_sweep(tmp_path))
     outcome = run_sweep(sweep, tmp_path / "sweeps")
@@ -120,7 +120,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, l
 def test_a_trial_whose_record_exists_reports_it_instead_of_running(tmp_path, local_ray):
     from ray import tune
 
-    from clmr_ray.tuning import trainable, trial_config
+    from clmr_ray.distributed.tune import trainable, trial_config
 
     spec = config.preset("tiny", TINY["base"])
     runs = tmp_path / "runs"
@@ -135,7 +135,7 @@ def test_a_trial_whose_record_exists_reports_it_instead_of_running(tmp_path, loc
 
 
 def test_asha_stops_on_per_epoch_reports_and_every_trial_keeps_a_record(tmp_path, local_ray):
-    from clmr_ray.tuning import run_sweep
+    from clmr_ray.distributed.tune import run_sweep
 
     base = {**TINY["base"], "pretrain.epochs": 2}
     path = write_sweep(tmp_path, name="asha", base=base, space={"pretrain.temperature": TEMPERATURE},

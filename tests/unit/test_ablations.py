@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from clmr_ray import config
-from clmr_ray.ablations import expand, load_ablation
+from clmr_ray.ablation_files import expand, load_ablation
 from clmr_ray.config import SpecError
 from clmr_ray.experiment import encoder_key
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from clmr_ray.ablations import load_ablation
+from clmr_ray.ablation_files import load_ablation
 from clmr_ray.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]

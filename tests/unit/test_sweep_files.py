@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from clmr_ray import config
-from clmr_ray.sweeps import PARAM_PREFIX, SweepError, load_sweep
+from clmr_ray.sweep_files import PARAM_PREFIX, SweepError, load_sweep
 
 SHIPPED = sorted((Path(__file__).parents[2] / "ablations" / "sweeps").glob("*.yaml"))
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from ray import tune
 
-from . import storage
-from .ablations import Ablation, Run, expand
-from .experiment import prepare_before_runs
-from .parallel import ensure_ray, ray_imap
-from .results import existing_run_ids, read_records
-from .tuning import concurrency_limit, run_trial, shared_encoders_for, trial_config, trial_resources
+from .. import storage
+from ..ablation_files import Ablation, Run, expand
+from ..experiment import prepare_before_runs
+from ..results import existing_run_ids, read_records
+from .tasks import ensure_ray, ray_imap
+from .tune import concurrency_limit, run_trial, shared_encoders_for, trial_config, trial_resources
 
 
 @dataclass

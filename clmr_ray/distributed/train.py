@@ -41,12 +41,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .config import ExperimentSpec, spec_hash
-from .data.base import data_dir
-from .data.cache import CropCache, open_cache
-from .experiment import PretrainFn, encoder_key
-from .parallel import ensure_ray
-from .pretrain import PretrainResult, TrainContext, pretrain
+from ..config import ExperimentSpec, spec_hash
+from ..data.base import data_dir
+from ..data.cache import CropCache, open_cache
+from ..experiment import PretrainFn, encoder_key
+from ..pretrain import PretrainResult, TrainContext, pretrain
+from .tasks import ensure_ray
 
 FAIL_AT_EPOCH_ENV = "CLMR_RAY_FAIL_AT_EPOCH"
 STATE_FILE = "state.pt"  # the training state pretrain resumes from

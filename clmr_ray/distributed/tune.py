@@ -41,10 +41,10 @@ import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from . import config as cfg
-from . import storage
-from .config import ExperimentSpec
-from .experiment import (
+from .. import config as cfg
+from .. import storage
+from ..config import ExperimentSpec
+from ..experiment import (
     EncoderStore,
     PretrainFn,
     default_device,
@@ -52,9 +52,9 @@ from .experiment import (
     pretrain_units,
     run_experiment,
 )
-from .parallel import ensure_ray
-from .results import RECORD_SUFFIX, existing_run_ids, read_records, run_record, write_record
-from .sweeps import Sweep, SweepError
+from ..results import RECORD_SUFFIX, existing_run_ids, read_records, run_record, write_record
+from ..sweep_files import Sweep, SweepError
+from .tasks import ensure_ray
 
 DRIVER_MEMORY = 256 * 1024**2  # what a Ray Train driver trial reserves instead of a CPU
 NAN = float("nan")
@@ -69,7 +69,7 @@ def trial_config(spec: ExperimentSpec | dict, *, runs_dir, run_id: str | None = 
     """The config of one `run_trial` (ablation grids build one per row x seed)."""
     import ray
 
-    from .data.base import data_dir
+    from ..data.base import data_dir
 
     return {"spec": spec if isinstance(spec, dict) else cfg.to_dict(spec), "runs_dir": str(runs_dir),
             "run_id": run_id, "table": table, "row": row, "metric": metric, "sweep": sweep,
@@ -190,7 +190,7 @@ class _TuneEpochCallback(TuneReportCallback):
 
 
 def _distributed_pretrain(config: dict, progress: _EpochProgress, run_id: str) -> PretrainFn:
-    from .distributed import ray_pretrain_fn
+    from .train import ray_pretrain_fn
 
     def run(spec, unit, cache):
         callback = _TuneEpochCallback(progress.metric, unit, progress.epochs)
@@ -293,7 +293,7 @@ class SweepProgress(tune.Callback):
 def record_stopped_trial(trial, runs_dir) -> None:
     """A record for a trial the scheduler stopped during pretraining: its spec and how far it
     got, no evaluation metrics (so every trial of a sweep has a record)."""
-    from .experiment import ExperimentResult
+    from ..experiment import ExperimentResult
 
     config = trial.config
     run_id = config.get("run_id") or f"{config.get('sweep') or 'trial'}-{trial.trial_id}"
@@ -324,8 +324,8 @@ def run_sweep(sweep: Sweep, location="results/sweeps", *, resume: bool = False, 
     """Run (or resume) a sweep; every finished trial leaves a Parquet record under
     <location>/<name>/runs/, and the best trial's spec is saved as <location>/<name>/best_spec.yaml.
     `location` is a folder or a filesystem URI (file://, s3://, ...): Tune's state goes there too."""
-    from .experiment import prepare_before_runs
-    from .parallel import ray_imap
+    from ..experiment import prepare_before_runs
+    from .tasks import ray_imap
 
     base_dir = storage.resolve(location)
     exp_dir = storage.join(base_dir, sweep.name)

@@ -17,7 +17,7 @@
 Distributions: categorical (choices), float (low, high, log, step), int (low, high, step, log),
 bool. `when: {param: value or [values]}` samples a parameter only when every named parameter
 (declared earlier in `space`) took one of the given values; otherwise the base value stays.
-Every error is one line naming the file and the key. Pure Python: the Ray side is tuning.py.
+Every error is one line naming the file and the key. Pure Python: the Ray side is distributed/tune.py.
 """
 
 from __future__ import annotations
