@@ -28,6 +28,7 @@ examples:
   clmr-ray ablate ablations/table1.yaml --preset demo   one ablation file, rows x seeds as Tune trials
   clmr-ray tables results/demo                   Parquet run records -> tables beside the paper's numbers
   clmr-ray sweep ablations/sweeps/spectrogram_masks.yaml [--resume]   an Optuna sweep
+  clmr-ray analyze results/sweeps/spectrogram_masks   which swept parameter matters (importance, effects)
   clmr-ray prepare synthetic --preset demo       generate + cache the synthetic genre corpus
   clmr-ray prepare gtzan --root ~/data/gtzan     decode + resample GTZAN once into a crop cache
   clmr-ray run --preset tiny --set format=both     one experiment in this process
@@ -142,6 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field of the sweep's base spec, e.g. --set pretrain.epochs=5 (repeatable)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("analyze", help="which parameter of a sweep matters: importance, toggle effects, slices",
+                       description="Read a sweep's folder (sweep.yaml + runs/*.parquet; finished, resumed or on a "
+                       "bucket) and rebuild its Optuna study from the records. Prints and writes into the folder "
+                       "(or --out): each parameter's importance (Optuna's fANOVA and PED-ANOVA), the effect of "
+                       "every boolean toggle (metric with minus without, Welch 95% CI), a slice plot per numeric "
+                       "parameter, the best trial beside the paper's setting (the sweep's first "
+                       "points_to_evaluate), and the study as optuna.journal for `optuna-dashboard`. "
+                       "Files: analysis.md, analysis.csv, analysis_importance.png, analysis_slice_*.png.")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR_OR_URI",
+                   help="the sweep's folder, STORAGE/NAME (e.g. results/sweeps/audio_augmentations, or "
+                   "s3://bucket/sweeps/audio_augmentations, file:///...)")
+    p.add_argument("--metric", help="metric to analyse: valid_* or test_* of the records (default: the sweep's)")
+    p.add_argument("--out", help="folder or URI for the files (default: the sweep folder)")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("bench", help="benchmarks that print figures (augment, step, scaling)")
     p.add_argument("what", choices=["augment", "step", "scaling"])
@@ -352,6 +368,16 @@ def cmd_sweep(args) -> int:
               f"continue it with: clmr-ray sweep {args.file} --resume --storage {args.storage}", file=sys.stderr)
         return 130
     return 1 if outcome.errors else 0
+
+
+def cmd_analyze(args) -> int:
+    from clmr_ray.sweep_analysis import report, write_analysis
+
+    started = time.perf_counter()
+    analysis = write_analysis(args.sweep_dir, metric=args.metric, out=args.out)
+    print(report(analysis), end="")
+    print(f"written in {time.perf_counter() - started:.1f} s: " + ", ".join(str(f) for f in analysis.files))
+    return 0
 
 
 def cmd_bench(args) -> int:

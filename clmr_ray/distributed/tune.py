@@ -53,6 +53,7 @@ from ..experiment import (
     run_experiment,
 )
 from ..results import RECORD_SUFFIX, existing_run_ids, read_records, run_record, write_record
+from ..sweep_analysis import write_journal
 from ..sweep_files import Sweep, SweepError
 from .tasks import ensure_ray
 
@@ -412,6 +413,9 @@ def summarize(sweep: Sweep, exp_dir, *, log=print) -> SweepOutcome:
     runs_dir = storage.join(exp_dir, "runs")
     records = read_records(runs_dir)
     outcome = SweepOutcome(exp_dir, runs_dir, len(records), None, None, False, [])
+    if not records.empty:  # the study rebuilt from the records, for optuna-dashboard
+        journal = write_journal(sweep, records, exp_dir)
+        log(f"[{sweep.name}] optuna study -> {journal}; analyse it with: clmr-ray analyze {exp_dir}")
     best = best_record(records, sweep.metric, sweep.mode)
     if best is None:
         log(f"[{sweep.name}] no trial has finished its evaluation yet")

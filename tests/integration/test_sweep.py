@@ -79,6 +79,15 @@ def test_sweep_records_every_trial_and_saves_the_best_spec(tmp_path, local_ray, 
     out = capsys.readouterr().out
     assert "3/3 done" in out and f"best of 3: {best['run_id']}" in out
 
+    # the sweep keeps its Optuna study beside Tune's state; `analyze` reads the same folder
+    from clmr_ray.cli import main
+
+    assert (outcome.experiment_dir / "optuna.journal").is_file() and "optuna study ->" in out
+    assert main(["analyze", str(outcome.experiment_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "3 trials in" in out and "| pretrain.temperature | float |" in out and f"{NOISE}.enabled" in out
+    assert (outcome.experiment_dir / "analysis.md").is_file()
+
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, local_ray, capsys):
     """On URI storage (file:// here, s3:// on a cluster): Tune's state, records and best spec all there."""
@@ -115,6 +124,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, l
     assert records["run_id"].is_unique and records["valid_map"].notna().all()
     assert "resuming 3 trials" in capsys.readouterr().out
     assert config.load_spec(storage / "resumable" / "best_spec.yaml").pretrain.epochs == 1
+    assert (storage / "resumable" / "optuna.journal").is_file()  # the study, uploaded to the URI too
 
 
 def test_a_trial_whose_record_exists_reports_it_instead_of_running(tmp_path, local_ray):
@@ -153,6 +163,11 @@ def test_asha_stops_on_per_epoch_reports_and_every_trial_keeps_a_record(tmp_path
                 for line in f.read_text().splitlines()]
     epochs = [r["pretrain_epoch"] for r in progress if math.isnan(r["valid_map"])]
     assert epochs and set(epochs) <= {1, 2}  # per-epoch reports reached Tune before the final one
+
+    from clmr_ray.sweep_analysis import write_analysis
+
+    analysis = write_analysis(outcome.experiment_dir)  # stopped trials are pruned trials of the study
+    assert analysis.counts == {"finished": len(finished), "stopped early": len(stopped), "failed": 0}
 
 
 BAD_SPACES = {
