@@ -45,6 +45,10 @@ Ray: a local Ray is started unless RAY_ADDRESS points at a running cluster.
 def main(argv: list[str] | None = None) -> int:
     from clmr_ray.distributed.tasks import quiet_ray_defaults
 
+    if argv is None:  # a console command; a `ray job submit` driver first leaves Ray's working_dir folder
+        from clmr_ray.job_workdir import leave_ray_package
+
+        leave_ray_package(sys.argv[1:])
     quiet_ray_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)

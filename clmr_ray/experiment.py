@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import storage
+from . import safe_files, storage
 from .config import DataSpec, ExperimentSpec, spec_hash
 from .data import cache as crop_cache
 from .data import mirror, registry
@@ -48,7 +48,8 @@ def encoder_key(spec: ExperimentSpec, unit: str) -> str:
 
 
 class EncoderStore:
-    """Pretrained encoder states on disk, one file per encoder key, written atomically.
+    """Pretrained encoder states on disk, one file per encoder key, written atomically with its SHA-256
+    beside it and loaded as data only (safe_files).
 
     `shared` (a folder or a filesystem URI that every node reaches, e.g. <results>/encoders on
     s3://) makes the store cluster-wide without a shared file system: a missing encoder is fetched
@@ -62,18 +63,34 @@ class EncoderStore:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
-    def load(self, key: str) -> dict | None:
+    def load(self, key: str, log: Callable[[str], None] = print) -> dict | None:
+        """The stored encoder of `key`, or None. A file that fails its SHA-256 or is more than plain
+        data (safe_files) is refused: one line logged, the local copy deleted, None returned, so the
+        caller fetches it again or re-trains it."""
         path = self.path(key)
         if not path.is_file() and self.shared is not None:
             self._fetch(key)
         if not path.is_file():
             return None
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return safe_files.load_state(path)
+        except safe_files.RefusedFile as exc:
+            log(f"encoder refused: {exc}")
+            safe_files.remove(path)
+            return None
+
+    def sha256(self, key: str) -> str | None:
+        """The SHA-256 recorded beside the stored encoder (checked by every `load`)."""
+        return safe_files.recorded_sha256(self.path(key))
 
     def _fetch(self, key: str) -> None:
-        remote = storage.join(self.shared, f"{key}.pt")
-        if storage.exists(remote):
-            storage.write_file(self.root, f"{key}.pt", lambda path: storage.download(remote, path))
+        name = f"{key}.pt"
+        remote = storage.join(self.shared, name)
+        if storage.exists(remote):  # the hash first: it was uploaded before the encoder
+            for each in (safe_files.hash_name(name), name):
+                source = storage.join(self.shared, each)
+                if storage.exists(source):
+                    storage.write_file(self.root, each, lambda path, source=source: storage.download(source, path))
 
     @contextlib.contextmanager
     def lock(self, key: str):
@@ -86,9 +103,10 @@ class EncoderStore:
         payload = {"encoder_states": result.encoder_states, "history": result.history,
                    "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
                    "spec_hash": spec_hash(spec)}
-        storage.write_file(self.root, f"{key}.pt", lambda path: torch.save(payload, path))
-        if self.shared is not None:
-            storage.upload(self.path(key), self.shared)
+        safe_files.save_state(payload, self.root, f"{key}.pt")
+        if self.shared is not None:  # the hash first, so a node that sees the encoder sees its hash
+            for each in (safe_files.hash_name(f"{key}.pt"), f"{key}.pt"):
+                storage.upload(self.root / each, self.shared)
         return self.path(key)
 
 
@@ -100,6 +118,7 @@ class ExperimentResult:
     reused: list[str] = field(default_factory=list)  # units loaded from the store
     histories: dict[str, list[dict]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    encoder_sha256: dict[str, str] = field(default_factory=dict)  # unit -> SHA-256 of the encoder file used
 
 
 def uri_roots(spec: ExperimentSpec) -> list[str]:
@@ -182,23 +201,24 @@ def run_experiment(spec: ExperimentSpec, *, store: EncoderStore | None = None,
     for unit in pretrain_units(spec):
         key = encoder_key(spec, unit)
         result.encoder_keys[unit] = key
-        stored = store.load(key)
+        stored = store.load(key, log)
         if stored is None:
             with store.lock(key):
-                stored = store.load(key)  # another run may have trained it while we waited
+                stored = store.load(key, log)  # another run may have trained it while we waited
                 if stored is None:
                     log(f"[{spec.name}] {unit} encoder {key}: pretraining {spec.pretrain.epochs} epochs")
                     t0 = time.perf_counter()
                     trained = pretrain_fn(spec, unit, pretrain_cache)
                     seconds[f"pretrain_{unit}"] = time.perf_counter() - t0
                     store.save(key, trained, spec)
-                    stored = store.load(key)
+                    stored = store.load(key, log)
                     result.trained.append(unit)
         if unit not in result.trained:
             log(f"[{spec.name}] {unit} encoder {key}: reused from {store.path(key)}")
             result.reused.append(unit)
         states.update(stored["encoder_states"])
         result.histories[unit] = stored["history"]
+        result.encoder_sha256[unit] = store.sha256(key)
 
     t0 = time.perf_counter()
     encoders = {f: e.to(device) for f, e in encoders_from_states(spec, states).items()}

@@ -301,7 +301,7 @@ def pretrain(spec: ExperimentSpec, fmt: str, train_split, valid_split, ctx: Trai
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy_rng": np.random.get_state(),
+                "numpy_rng": numpy_rng_state(),
             })
         ctx.report(dict(metrics), checkpoint)
         if stopped_early or (ctx.should_stop is not None and ctx.should_stop()):
@@ -347,8 +347,21 @@ def _restore(state: dict, spec, fmt, model, optimizer, scheduler):
     torch.set_rng_state(state["torch_rng"])
     if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    np.random.set_state(state["numpy_rng"])
+    set_numpy_rng_state(state["numpy_rng"])
     return state["epoch"] + 1, list(state["history"]), dict(state["best"]), bool(state.get("stopped_early"))
+
+
+def numpy_rng_state() -> dict:
+    """NumPy's global RNG state as plain data, so a checkpoint loads with weights_only=True."""
+    state = np.random.get_state(legacy=False)
+    return {"bit_generator": state["bit_generator"], "key": torch.from_numpy(state["state"]["key"].astype(np.int64)),
+            "pos": int(state["state"]["pos"]), "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])}
+
+
+def set_numpy_rng_state(state: dict) -> None:
+    np.random.set_state({"bit_generator": state["bit_generator"],
+                         "state": {"key": state["key"].numpy().astype(np.uint32), "pos": int(state["pos"])},
+                         "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])})
 
 
 def _epoch_seed(seed: int, rank: int, epoch: int) -> int:

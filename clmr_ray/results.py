@@ -57,6 +57,7 @@ def run_record(spec: ExperimentSpec, result, *, run_id: str, table: str | None =
         "encoder_keys": json.dumps(result.encoder_keys, sort_keys=True),
         "trained": json.dumps(result.trained),
         "reused": json.dumps(result.reused),
+        "encoder_sha256": json.dumps(getattr(result, "encoder_sha256", {}), sort_keys=True),  # unit -> file hash
     }
     record.update({k: _scalar(v) for k, v in result.metrics.items()})
     for unit, history in result.histories.items():

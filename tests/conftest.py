@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,31 @@ rows:
 @pytest.fixture(name="one_row_ablation")
 def one_row_ablation_fixture():
     return one_row_ablation
+
+
+class _ShellPayload:
+    """What an attacker would put in a bucket: unpickling it runs a shell command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def crafted_state(folder: Path, name: str, marker: Path) -> Path:
+    """folder/name: a torch file whose unpickling creates `marker`, with its matching SHA-256 beside
+    it (whoever can write a bucket can write the hash too), so only weights_only stands in the way."""
+    import hashlib
+
+    import torch
+
+    path = Path(folder) / name
+    torch.save({"encoder_states": {"audio": {}}, "history": _ShellPayload(marker)}, path)
+    (Path(folder) / f"{name}.sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+    return path
+
+
+@pytest.fixture(name="crafted_state")
+def crafted_state_fixture():
+    return crafted_state

@@ -33,9 +33,34 @@ def ensure_ray(num_cpus: int | None = None) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        set_up_working_dir_on_every_node()
     else:  # "local": never attach to a cluster some `ray start` left recorded in /tmp/ray
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  configure_logging=True, logging_level="WARNING")
+
+
+def set_up_working_dir_on_every_node(timeout_s: float = 300) -> None:
+    """Have every alive node unpack this job's working_dir before any of our work runs there.
+
+    A node's runtime-env agent removes and unpacks the package folder again when it first sets it up
+    for the job, and raylets on one host share that folder: done mid-run, that pulls it from under the
+    running workers of another raylet (an import fails while it is half unpacked). So one no-op task
+    per node, one node after the other, the driver's node first. Best effort: a node that does not
+    answer within timeout_s (one still starting) sets it up when its first trial comes."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not ray.get_runtime_context().runtime_env.get("working_dir"):
+        return
+    here = ray.get_runtime_context().get_node_id()
+    nodes = sorted((n["NodeID"] for n in ray.nodes() if n["Alive"]), key=lambda node: node != here)
+    noop = ray.remote(num_cpus=0)(lambda: None)
+    for node in nodes:
+        try:
+            ray.get(noop.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(),
+                    timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            pass
 
 
 def ray_imap(fn: Callable[[T], R], items: Iterable[T], *, max_in_flight: int | None = None,

@@ -22,7 +22,9 @@ failed worker group from the latest checkpoint. The run name is the encoder key 
 hash (pretrain refuses a checkpoint of another spec), so running the same spec again with the
 same storage_path after an interruption (Ctrl-C, a lost driver or node) continues from the last
 finished epoch; a finished run resumes straight to its end. The last checkpoint also holds
-result.pt, the PretrainResult the driver returns.
+result.pt, the PretrainResult the driver returns. Both files are plain data with their SHA-256
+beside them (safe_files): a checkpoint that fails its hash or needs more than weights_only=True is
+refused, never unpickled (a refused state.pt restarts pretraining from the first epoch).
 
 Test hook (tests only, never in real runs): CLMR_RAY_FAIL_AT_EPOCH=k in the driver's
 environment makes rank 0 raise once, after epoch k's checkpoint is committed. A marker file in
@@ -41,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .. import safe_files
 from ..config import ExperimentSpec, spec_hash
 from ..data.base import data_dir
 from ..data.cache import CropCache, open_cache
@@ -169,7 +172,7 @@ def _read_result(result) -> RayPretrainResult:
         path = Path(folder) / RESULT_FILE
         if not path.is_file():
             raise RuntimeError(f"{result.checkpoint.path}: no {RESULT_FILE} in the run's last checkpoint")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = safe_files.load_state(path, shown=f"{result.checkpoint.path}/{RESULT_FILE}")
     return RayPretrainResult(**payload, path=str(result.path))
 
 
@@ -231,16 +234,25 @@ def _report_files(metrics: dict, files: dict[str, dict]) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         for name, payload in files.items():
-            torch.save(payload, Path(folder) / name)
+            safe_files.save_state(payload, folder, name)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _load_state(checkpoint) -> dict | None:
+    """The training state to resume from; None (train from the start) when there is none or when it
+    is refused (safe_files: its hash, its format, anything but plain data), with one line saying so."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
         path = Path(folder) / STATE_FILE
-        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return safe_files.load_state(path, shown=f"{checkpoint.path}/{STATE_FILE}")
+        except safe_files.RefusedFile as exc:
+            print(f"checkpoint refused, pretraining from the first epoch: {exc}", flush=True)
+            return None
+
 
 
 def _all_gather(value, world_size: int) -> list:

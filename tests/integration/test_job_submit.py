@@ -9,6 +9,7 @@ the machine.
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -27,6 +28,9 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 CLMR_RAY = str(BIN / "clmr-ray")
+
+REPO = Path(__file__).resolve().parents[2]
+TABLE1_ROWS = ["audio_crop", "audio_crop_noise", "audio_all", "spectrogram_time_mask", "spectrogram_all"]
 
 ABLATION = """\
 name: jobmini
@@ -132,10 +136,24 @@ def status(cluster, job_id: str) -> str:
     return text
 
 
+def repository_copy(dest: Path) -> Path:
+    """The repository's files as a user has them (tracked and untracked, not ignored): the working_dir."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
 def test_job_runs_an_ablation_on_the_cluster(cluster, tmp_path):
-    workdir = tmp_path / "job"
-    workdir.mkdir()
-    (workdir / "jobmini.yaml").write_text(ABLATION)
+    """The README's command from the repository root: every row of Table 1 as trials on both raylets.
+
+    On one host both raylets unpack the job's working_dir into the same folder, and the second one
+    replaces it (removes, then unpacks again) when its first trial starts: the driver's cwd is gone
+    under it. The job must still report what happened (SUCCEEDED, every record written)."""
+    workdir = repository_copy(tmp_path / "repo")
     results = tmp_path / "results"
     env_vars = {"CLMR_RAY_DATA": str(tmp_path / "data")}
 
@@ -147,16 +165,20 @@ def test_job_runs_an_ablation_on_the_cluster(cluster, tmp_path):
     assert "cpus 3.0" in probe.stdout, probe.stdout[-3000:]
 
     # results as a filesystem URI (file:// here, s3:// on a cloud cluster): records and Tune state go there
-    job = submit(cluster, "clmr-ablate", workdir, [CLMR_RAY, "ablate", "jobmini.yaml", "--preset", "tiny",
-                                                   "--results", f"file://{results}"], env_vars)
+    job = submit(cluster, "clmr-ablate", workdir, [CLMR_RAY, "ablate", "ablations/table1.yaml", "--preset", "tiny",
+                                                   "--seeds", "0", "--results", f"file://{results}",
+                                                   "--set", "pretrain.epochs=1", "--set", "eval.epochs=5"], env_vars)
     assert status(cluster, "clmr-ablate") == "SUCCEEDED", job.stdout[-4000:] + job.stderr[-4000:]
-    records = sorted((results / "runs").glob("*.parquet"))
-    assert len(records) == 1
-    record = pq.read_table(records[0]).to_pylist()[0]
-    assert record["row"] == "audio" and record["table"] == "jobmini"
-    assert 0.0 <= record["test_acc"] <= 1.0
-    assert "1/1 runs have records" in job.stdout
-    assert (results / "tune" / "ablate-jobmini").is_dir()
+    records = [pq.read_table(p).to_pylist()[0] for p in sorted((results / "runs").glob("*.parquet"))]
+    assert sorted(r["row"] for r in records) == sorted(TABLE1_ROWS)
+    assert all(r["table"] == "table1" and 0.0 <= r["test_acc"] <= 1.0 for r in records)
+    assert "5/5 runs have records" in job.stdout
+    assert (results / "tune" / "ablate-table1").is_dir()
+    # the fault did happen: the second raylet replaced the folder the driver was started in
+    assert "a copy of the job's working_dir" in job.stdout
+    setup_logs = "".join(p.read_text(errors="replace")
+                         for p in (Path(cluster["temp_dir"]) / "session_latest" / "logs").glob("runtime_env*.log"))
+    assert re.search(r"Removing \S+/working_dir_files/_ray_pkg_", setup_logs), "the working_dir was never replaced"
 
 
 def test_failed_job_shows_the_one_line_error(cluster, tmp_path):

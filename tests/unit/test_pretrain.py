@@ -1,4 +1,6 @@
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -16,6 +18,7 @@ from clmr_ray.pretrain import (
     pretrain,
     train_step,
 )
+from clmr_ray.safe_files import load_state, save_state
 
 RATE = 8000
 CROP = 2187  # 3^7
@@ -61,7 +64,7 @@ def test_model_and_train_step(cache, fmt, objective):
     assert set(model.encoders) == ({"audio", "spectrogram"} if fmt == "both" else {fmt})
 
 
-def test_pretrain_reports_every_epoch_and_resumes_exactly_from_a_checkpoint(cache):
+def test_pretrain_reports_every_epoch_and_resumes_exactly_from_a_checkpoint(cache, tmp_path):
     # Pitch shifting is the slowest augmentation and plays no part in the loop's logic.
     spec = small_spec(**{"pretrain.schedule": "cosine", "pretrain.warmup_epochs": 1,
                          "audio.augment.pitch.enabled": False})
@@ -75,9 +78,13 @@ def test_pretrain_reports_every_epoch_and_resumes_exactly_from_a_checkpoint(cach
     encoder = encoders_from_states(spec, result.encoder_states)["audio"]
     assert encoder(torch.zeros(2, CROP)).shape == (2, encoder.out_dim)
 
+    # through a file, as a checkpoint travels: plain data that loads with weights_only=True
+    save_state(full[0][1], tmp_path, "state.pt")
+    save_state(asdict(result), tmp_path, "result.pt")
+    assert load_state(tmp_path / "result.pt")["history"] == result.history
     resumed = []
     pretrain(spec, "audio", train, valid, TrainContext(report=lambda m, c: resumed.append((m, c)),
-                                                       resume_state=full[0][1]))
+                                                       resume_state=load_state(tmp_path / "state.pt")))
     assert [m["epoch"] for m, _ in resumed] == [2]
     (m_full, c_full), (m_res, c_res) = full[-1], resumed[-1]
     assert m_res["train_loss"] == m_full["train_loss"] and m_res["valid_loss"] == m_full["valid_loss"]
