@@ -23,6 +23,7 @@ from torch import nn
 
 from .config import ExperimentSpec, spec_hash
 from .losses import cross_format_nt_xent, nt_xent
+from .speedups import Speedups
 
 SINGLE_FORMATS = ("audio", "spectrogram")
 
@@ -121,8 +122,9 @@ class ContrastiveModel(nn.Module):
 
 def train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer, *, temperature: float,
                generator: torch.Generator | None = None, gather: bool = False, amp: bool = False,
-               grad_clip: float | None = None, scheduler=None) -> float:
-    """One optimisation step on a CropBatch (two views per crop); returns the loss.
+               grad_clip: float | None = None, scheduler=None) -> torch.Tensor:
+    """One optimisation step on a CropBatch (two views per crop); returns the loss, detached and
+    on the device: reading it (float(loss)) waits for the GPU, so the loop does it once per epoch.
 
     `model` is a ContrastiveModel, possibly wrapped (DDP): the loss is taken from the inner one."""
     inner = _unwrap(model)
@@ -136,7 +138,7 @@ def train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer, *, tem
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    return loss.item()
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -253,8 +255,10 @@ def pretrain(spec: ExperimentSpec, fmt: str, train_split, valid_split, ctx: Trai
             valid_sampler = None
 
     torch.manual_seed(spec.seed)
-    model = ContrastiveModel(spec, fmt, _sample_rate(train_split, spec)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    speed = Speedups.for_device(device)
+    speed.apply_backend()
+    model = speed.prepare_model(ContrastiveModel(spec, fmt, _sample_rate(train_split, spec)).to(device))
+    optimizer = speed.adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec, len(train_sampler)))
     gather = p.gather_negatives and ctx.world_size > 1
     generator = torch.Generator(device=device)
@@ -272,13 +276,13 @@ def pretrain(spec: ExperimentSpec, fmt: str, train_split, valid_split, ctx: Trai
         train_sampler.set_epoch(epoch)
         trained.train()
         start, losses = time.perf_counter(), []
-        for batch in train_sampler:
+        for batch in speed.batches(train_sampler, device):
             losses.append(train_step(trained, batch, optimizer, temperature=p.temperature, generator=generator,
                                      gather=gather, amp=p.amp, grad_clip=p.grad_clip, scheduler=scheduler))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        metrics = {"epoch": epoch, "train_loss": _mean_over_workers(float(np.mean(losses))),
+        metrics = {"epoch": epoch, "train_loss": _mean_over_workers(float(torch.stack(losses).double().mean())),
                    "crops_per_s": len(losses) * local_batch * ctx.world_size / seconds,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_s": seconds}
 

@@ -8,7 +8,6 @@ noise they synthesise (drawn from `generator`), lengths unchanged. The pipeline
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import torch
 import torchaudio.functional as AF
@@ -90,12 +89,59 @@ def biquad_coefficients(
     return a, b
 
 
-def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tensor, sample_rate: int) -> torch.Tensor:
-    """Per-example low-pass (highpass False) or high-pass (True) at cutoff_hz, in ONE lfilter
-    call: with batching=True lfilter gives row i of x [N, T] its own coefficients a[i], b[i]."""
-    cutoff_hz = cutoff_hz.to(x.dtype).clamp(1.0, 0.45 * sample_rate)
+def biquad_response(a: torch.Tensor, b: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """Each biquad's complex frequency response B/A on the rfft grid of size n_fft: [N, n_fft // 2 + 1]
+    (in real arithmetic: complex division is slow on CPU)."""
+    w = torch.arange(n_fft // 2 + 1, device=a.device, dtype=a.dtype) * (2 * math.pi / n_fft)
+    cos1, sin1, cos2, sin2 = torch.cos(w), torch.sin(w), torch.cos(2 * w), torch.sin(2 * w)
+
+    def at_grid(c):  # c0 + c1 e^{-jw} + c2 e^{-2jw}
+        return c[:, :1] + c[:, 1:2] * cos1 + c[:, 2:] * cos2, -(c[:, 1:2] * sin1 + c[:, 2:] * sin2)
+
+    (b_re, b_im), (a_re, a_im) = at_grid(b), at_grid(a)
+    power = a_re * a_re + a_im * a_im
+    return torch.complex((b_re * a_re + b_im * a_im) / power, (b_im * a_re - b_re * a_im) / power)
+
+
+def biquad_tail(a: torch.Tensor, floor: float = 1e-9) -> int:
+    """Samples until the slowest biquad's impulse response falls below floor: its poles (complex
+    for Q = 1/sqrt(2)) have radius sqrt(a2)."""
+    log_radius = 0.5 * torch.log(a[:, 2].double().clamp(1e-300, 1 - 1e-16))
+    return math.ceil(float((math.log(floor) / log_radius).max()))
+
+
+def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tensor, sample_rate: int,
+                  method: str = "auto", lowest_cutoff_hz: float | None = None) -> torch.Tensor:
+    """Per-example low-pass (highpass False) or high-pass (True) at cutoff_hz.
+
+    method "recursive": the biquad's recurrence, sample by sample (torchaudio's lfilter, each
+    row with its own coefficients): fastest on CPU, but a sequential loop over time on a GPU.
+    method "fft": one multiplication of each row's rfft by its own frequency response, magnitude
+    and phase, parallel over time and rows; the FFT is long enough for the slowest impulse
+    response to die out before it wraps around, so it matches "recursive" to float rounding.
+    "auto": fft on CUDA, recursive elsewhere. lowest_cutoff_hz (a bound on cutoff_hz) sizes the
+    FFT without reading cutoff_hz back to the host, which would wait for the GPU."""
+    if method == "auto":
+        method = "fft" if x.device.type == "cuda" else "recursive"
+    if method not in ("fft", "recursive"):
+        raise ValueError(f"biquad_filter.method: unknown method '{method}'; choose one of auto, fft, recursive")
+    if method == "recursive":
+        cutoff_hz = cutoff_hz.to(x.dtype).clamp(1.0, 0.45 * sample_rate)
+        a, b = biquad_coefficients(cutoff_hz, highpass, sample_rate)
+        return AF.lfilter(x, a, b, clamp=False, batching=True)
+    # Coefficients and response in float64: near 1 Hz, B and A both almost vanish at DC.
+    cutoff_hz = cutoff_hz.double().clamp(1.0, 0.45 * sample_rate)
     a, b = biquad_coefficients(cutoff_hz, highpass, sample_rate)
-    return AF.lfilter(x, a, b, clamp=False, batching=True)
+    length = x.shape[-1]
+    if lowest_cutoff_hz is not None:  # the slowest poles sit at either end of [lowest, 0.45 x rate]
+        ends = torch.tensor([max(1.0, min(lowest_cutoff_hz, 0.45 * sample_rate)), 0.45 * sample_rate],
+                            dtype=torch.float64)
+        tail = biquad_tail(biquad_coefficients(ends, torch.tensor([False, False]), sample_rate)[0])
+    else:
+        tail = biquad_tail(a)
+    size = 1 << (length + tail - 1).bit_length()  # a power of two: fast on every FFT backend
+    response = biquad_response(a, b, size).to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
+    return torch.fft.irfft(torch.fft.rfft(x, size) * response, size)[..., :length]
 
 
 def add_delay(x: torch.Tensor, delay_samples: torch.Tensor, volume: float | torch.Tensor) -> torch.Tensor:
@@ -141,51 +187,94 @@ def add_reverb(
     return (1 - wet) * x + wet * fft_convolve(x, ir)
 
 
-def semitone_ratio(semitones: int, max_denominator: int = 64) -> Fraction:
-    """2^(semitones/12) as a small fraction (within 2 cents for |semitones| <= 12)."""
-    return Fraction(2.0 ** (semitones / 12)).limit_denominator(max_denominator)
+def pitch_shift(x: torch.Tensor, semitones: torch.Tensor, sample_rate: int | None = None, n_fft: int = 512) -> torch.Tensor:
+    """Per-example pitch shift by semitones [N] (rounded to whole numbers; 0 = unchanged), length kept.
 
-
-def pitch_shift_uniform(x: torch.Tensor, semitones: int, n_fft: int = 512) -> torch.Tensor:
-    """Shift every row of x [N, T] by the same whole number of semitones, length kept.
-
-    The steps of torchaudio.functional.pitch_shift (phase-vocoder time stretch, then
-    resampling back to the original length), except that the frequency ratio is the nearest
-    small fraction P/Q: torchaudio resamples from int(sr / rate) to sr, which at 22050 Hz are
-    coprime and build a ~1.4 GB sinc kernel (~2 s per call); P/Q <= 64 keeps the kernel tiny
-    for an error under 2 cents."""
-    if semitones == 0:
+    All shifted rows go through one STFT and one inverse STFT whatever their shifts (see
+    shift_spectrum_pitch). The result does not depend on the sample rate (a ratio of
+    frequencies); the argument is accepted for symmetry with the other ops."""
+    steps = semitones.round().to(x.dtype)
+    if x.device.type == "cuda":  # every row, then keep x where the shift is 0: no wait for the GPU
+        return torch.where((steps != 0).unsqueeze(-1), _shift_rows(x, torch.pow(2.0, steps / 12), n_fft), x)
+    rows = (steps != 0).nonzero().squeeze(-1)  # on CPU, only the rows that move
+    if rows.numel() == 0:
         return x
-    ratio = semitone_ratio(semitones)
-    rate = 1 / float(ratio)  # the phase vocoder's speed-up; < 1 stretches
+    out = x.clone()
+    out[rows] = _shift_rows(x[rows], torch.pow(2.0, steps[rows] / 12), n_fft)
+    return out
+
+
+CPU_BLOCK = 1 << 17  # STFT cells per block of rows on CPU: a block's tensors stay in the core's cache
+
+
+def _shift_rows(x: torch.Tensor, ratio: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """STFT, shift_spectrum_pitch, inverse STFT. On CPU in blocks of rows (about CPU_BLOCK cells:
+    one row of a paper-scale crop), which runs ~2x faster than the whole batch at once, whose
+    dozen passes over [N, K, F] tensors would each go out to memory; on CUDA in one go."""
     hop = n_fft // 4
     window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
-    spec = torch.stft(x, n_fft, hop, window=window, return_complex=True)
-    phase_advance = torch.linspace(0, math.pi * hop, spec.shape[-2], device=x.device, dtype=x.dtype).unsqueeze(-1)
-    stretched = AF.phase_vocoder(spec, rate, phase_advance)
-    length = round(x.shape[-1] / rate)
-    y = torch.istft(stretched, n_fft, hop, window=window, length=length)
-    y = AF.resample(y, ratio.numerator, ratio.denominator)
-    return _fit_length(y, x.shape[-1])
+    cells = (n_fft // 2 + 1) * (x.shape[-1] // hop + 1)
+    block = x.shape[0] if x.device.type == "cuda" else max(1, CPU_BLOCK // cells)
+    out = []
+    for i in range(0, x.shape[0], block):
+        spec = torch.stft(x[i : i + block], n_fft, hop, window=window, return_complex=True)
+        shifted = shift_spectrum_pitch(spec, ratio[i : i + block], hop)
+        out.append(torch.istft(shifted, n_fft, hop, window=window, length=x.shape[-1]))
+    return torch.cat(out) if len(out) > 1 else out[0]
 
 
-def _fit_length(y: torch.Tensor, length: int) -> torch.Tensor:
-    if y.shape[-1] >= length:
-        return y[..., :length]
-    return torch.nn.functional.pad(y, (0, length - y.shape[-1]))
+PHASE_TURN_BITS = 20  # phases are summed as whole 1/2^20ths of a turn
 
 
-def pitch_shift(x: torch.Tensor, semitones: torch.Tensor, sample_rate: int | None = None, n_fft: int = 512) -> torch.Tensor:
-    """Per-example pitch shift by semitones [N] (rounded to whole numbers; 0 = unchanged).
+def shift_spectrum_pitch(spec: torch.Tensor, ratio: torch.Tensor, hop: int) -> torch.Tensor:
+    """Multiply every frequency of an STFT [N, K, F] (torch.stft, centred Hann window, K = n_fft/2 + 1)
+    by its row's ratio [N]; time stays as it is.
 
-    The batch is grouped by value: one pitch_shift_uniform call per distinct non-zero shift.
-    The result does not depend on the sample rate (a ratio of frequencies); the argument is
-    accepted for symmetry with the other ops."""
-    steps = semitones.round().long()
-    out = x.clone()
-    for value in torch.unique(steps).tolist():
-        if value == 0:
-            continue
-        rows = (steps == value).nonzero().squeeze(-1)
-        out[rows] = pitch_shift_uniform(x[rows], value, n_fft)
-    return out
+    A phase vocoder that moves frequencies instead of stretching time: output bin j takes the
+    magnitude found at bin j / ratio (linear interpolation) and the phase advance per hop measured
+    at the nearest bin, times ratio; its phase is the sum of those advances over frames. Phases are
+    kept relative to the window centre (bin k of a centred frame carries an extra pi * k), so the
+    bins of one partial stay coherent. Moving a partial's spectral peak to ratio times its bin
+    also compresses it by ratio in time, a gain the ISTFT would apply: it is divided out."""
+    _, k, f = spec.shape
+    n_fft = 2 * (k - 1)
+    dtype, device = ratio.dtype, spec.device
+    bins = torch.arange(k, device=device, dtype=dtype)
+    source = bins / ratio.unsqueeze(-1)  # [N, K]: where output bin j's content is
+    below = source.floor().clamp_max(k - 2).long()
+    nearest = source.round().clamp_max(k - 1).long()
+    # weights of the two bins around source; 0 past the top (a downward shift leaves it empty)
+    upper = ((source - below) * (source <= k - 1)).unsqueeze(-1)
+    lower = (1 - (source - below)).clamp_min(0).mul(source <= k - 1).unsqueeze(-1)
+    gain = _compression_gain(ratio, n_fft).view(-1, 1, 1)
+
+    def take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return t.gather(1, index.unsqueeze(-1).expand(-1, -1, f))
+
+    magnitude = spec.abs()
+    out_magnitude = (take(magnitude, below) * (lower / gain)).add_(take(magnitude, below + 1) * (upper / gain))
+    phase = take(spec.angle(), nearest)
+    own_advance = ((2 * math.pi * hop / n_fft) * nearest.to(dtype)).unsqueeze(-1)  # a bin-centred sinusoid's
+    deviation = torch.remainder(phase[..., 1:] - phase[..., :-1] - own_advance + math.pi, 2 * math.pi) - math.pi
+    advance = (deviation + own_advance) * ratio.view(-1, 1, 1)
+    start = phase[..., :1] + math.pi * (bins.view(1, k, 1) - nearest.unsqueeze(-1))  # centred at source, out at j
+    # Summed in integer fractions of a turn: exact, so the same on every device and thread count.
+    # Each step is in [0, 1) turn, so int32 holds the sum of up to 2^11 frames.
+    steps = torch.remainder(torch.cat([start, advance], dim=-1), 2 * math.pi)
+    turn = 1 << PHASE_TURN_BITS
+    integer = torch.int32 if f < 1 << (31 - PHASE_TURN_BITS) else torch.int64
+    turns = (steps * (turn / (2 * math.pi)) + 0.5).to(integer).cumsum(-1, dtype=integer).bitwise_and_(turn - 1)
+    out_phase = turns.to(dtype).mul_(2 * math.pi / turn)
+    return torch.complex(out_magnitude * torch.cos(out_phase), out_magnitude * torch.sin(out_phase))
+
+
+def _compression_gain(ratio: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """Gain of Hann-window overlap-add on a frame whose window was compressed by ratio [N] in time
+    (its spectrum stretched by ratio): sum(ratio * w(ratio * t) * w(t)) / sum(w(t)^2)."""
+    t = (torch.arange(4 * n_fft, device=ratio.device, dtype=torch.float64) + 0.5) / (4 * n_fft) - 0.5
+
+    def hann(u):
+        return torch.where(u.abs() < 0.5, 0.5 + 0.5 * torch.cos(2 * math.pi * u), torch.zeros((), dtype=u.dtype))
+
+    r = ratio.double().unsqueeze(-1)
+    return ((r * hann(r * t) * hann(t)).sum(-1) / hann(t).pow(2).sum()).to(ratio.dtype)

@@ -88,6 +88,10 @@ class AugmentPipeline(nn.Module):
             highpass = torch.rand(n, generator=g, device=device) < 0.5
             low, high = _uniform(n, aug.lowpass_hz, g, device), _uniform(n, aug.highpass_hz, g, device)
             cutoff = torch.where(highpass, high, low)
+            if device.type == "cuda":  # every row, keep the selected ones: no wait for the GPU
+                lowest = min(aug.lowpass_hz[0], aug.highpass_hz[0])
+                return torch.where(selected.unsqueeze(-1), A.biquad_filter(x, cutoff, highpass, sr,
+                                                                           lowest_cutoff_hz=lowest), x)
             return _on_rows(x, selected, lambda r: A.biquad_filter(x[r], cutoff[r], highpass[r], sr))
         if name == "delay":
             delay = (_uniform(n, aug.delay_ms, g, device) * sr / 1000).round()

@@ -2,49 +2,86 @@
 
     python -m clmr_ray.bench.step --preset paper --device cuda
 
-Crops per second count crops (each gives two views). On CUDA the FLOPs of one step are counted
-with torch.utils.flop_counter (matmuls and convolutions, forward and backward; the STFT and
-the augmentations are not counted) and divided by the measured step time.
+Crops per second count crops (each gives two views); steps run back to back, as in an epoch.
+The split times each phase of one step on its own (synchronised after each): augmentation,
+encoder + projector forward and backward (with the loss's backward), the loss, the optimiser.
+On CUDA the FLOPs of one step are counted with torch.utils.flop_counter (matmuls and
+convolutions, forward and backward; the STFT and the augmentations are not counted), divided
+by the step time and by the card's dense bf16 peak (datasheet, by name; --peak-tflops to set it).
+The GPU speed-ups of clmr_ray/speedups.py are on as in training; --without turns some off.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import statistics
+import time
+from pathlib import Path
 
 import torch
 
-from clmr_ray.bench.timing import call_times
-from clmr_ray.config import SpecError
+from clmr_ray.bench.timing import sync
+from clmr_ray.config import ScalingSpec, SpecError
 from clmr_ray.config import preset as load_preset
 from clmr_ray.data.sampling import CropBatch
 from clmr_ray.pretrain import ContrastiveModel, train_step
+from clmr_ray.speedups import Speedups
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the datasheets; first match of the
+# device name wins, so the longer names come first.
+PEAK_BF16_TFLOPS = (("GH200", 989.0), ("H200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0),
+                    ("H100", 989.0), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
+                    ("A10", 125.0))
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
 
 
 def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch: int | None = None,
-            steps: int = 5, warmup: int = 2, amp: bool | None = None, count_flops: bool | None = None) -> dict:
-    """One row: median step time, crops/s and (CUDA by default) TFLOP/s of `fmt`'s training step."""
+            steps: int = 5, warmup: int = 2, amp: bool | None = None, count_flops: bool | None = None,
+            without: tuple[str, ...] = (), split: bool = True, peak: float | None = None) -> dict:
+    """One row: step time, crops/s, the split of one step and (CUDA by default) TFLOP/s of `fmt`'s step."""
     spec = load_preset(preset)
     dev = torch.device(device)
     p = spec.pretrain
     batch = batch or p.batch_size
     amp = p.amp if amp is None else amp
+    speed = Speedups.for_device(dev).without(without)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = speed.cudnn_benchmark
     torch.manual_seed(0)
-    model = ContrastiveModel(spec, fmt, spec.data.sample_rate).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    model = speed.prepare_model(ContrastiveModel(spec, fmt, spec.data.sample_rate).to(dev))
+    optimizer = speed.adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     audio = 0.1 * torch.randn(batch, 2, p.crop_samples, generator=torch.Generator().manual_seed(0))
     crops = CropBatch(audio.to(dev), torch.arange(batch))
     generator = torch.Generator(device=dev).manual_seed(0)
 
-    def step() -> float:
+    def step() -> torch.Tensor:
         return train_step(model, crops, optimizer, temperature=p.temperature, generator=generator, amp=amp,
                           grad_clip=p.grad_clip)
 
-    seconds = statistics.median(call_times(step, dev, steps, warmup))
+    for _ in range(warmup):
+        step()
+    sync(dev)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(dev)
+    seconds = (time.perf_counter() - start) / steps
     row = {"preset": preset, "format": fmt, "encoder": getattr(spec, fmt).encoder.name, "device": str(dev),
            "batch": batch, "crop_samples": p.crop_samples, "amp": amp and dev.type == "cuda",
+           "deterministic": torch.are_deterministic_algorithms_enabled(),
+           "speedups": ",".join(n for n in Speedups.names() if getattr(speed, n) and n != "prefetch") or "none",
            "params_m": sum(x.numel() for x in model.encoders[fmt].parameters()) / 1e6,
            "step_ms": seconds * 1e3, "crops_per_s": batch / seconds}
+    if split:
+        row.update(split_step(model, crops, optimizer, generator, amp, p.temperature, p.grad_clip, steps))
     if count_flops if count_flops is not None else dev.type == "cuda":
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -52,14 +89,61 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
             step()
         row["gflop_per_step"] = counter.get_total_flops() / 1e9
         row["tflop_per_s"] = counter.get_total_flops() / seconds / 1e12
+        peak = peak or peak_tflops(dev)
+        if peak:
+            row["peak_share_pct"] = 100 * row["tflop_per_s"] / peak
     if dev.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return row
 
 
+def split_step(model: ContrastiveModel, crops: CropBatch, optimizer, generator, amp: bool, temperature: float,
+               grad_clip: float | None, repeats: int) -> dict:
+    """Median milliseconds of each phase of one single-format step, each timed on its own."""
+    (fmt,) = model.formats
+    dev = crops.audio.device
+    use_amp = amp and dev.type == "cuda"
+    phases: dict[str, list[float]] = {"augment_ms": [], "encoder_ms": [], "loss_ms": [], "optimizer_ms": []}
+
+    def timed(name: str, fn, *args):
+        sync(dev)
+        start = time.perf_counter()
+        out = fn(*args)
+        sync(dev)
+        phases[name].append((time.perf_counter() - start) * 1e3)
+        return out
+
+    def forward(x):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            return model.projectors[fmt](model.encoders[fmt](x)).float().chunk(2)
+
+    def optimise():
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    pipe = model.pipelines[fmt]
+    for _ in range(repeats):
+        x = timed("augment_ms", lambda: torch.cat([pipe(crops.audio[:, 0], generator),
+                                                   pipe(crops.audio[:, 1], generator)]))
+        start = time.perf_counter()
+        z_a, z_b = forward(x)
+        sync(dev)
+        forward_ms = (time.perf_counter() - start) * 1e3
+        loss = timed("loss_ms", model.loss, z_a, z_b, temperature, False)
+        timed("encoder_ms", loss.backward)
+        phases["encoder_ms"][-1] += forward_ms
+        timed("optimizer_ms", optimise)
+    out = {name: statistics.median(values) for name, values in phases.items()}
+    out["augment_pct"] = 100 * out["augment_ms"] / sum(out.values())
+    return out
+
+
 def format_table(rows: list[dict]) -> str:
-    columns = ["format", "encoder", "device", "batch", "crop_samples", "amp", "params_m", "step_ms", "crops_per_s",
-               "gflop_per_step", "tflop_per_s", "peak_mem_gib"]
+    columns = ["format", "encoder", "device", "batch", "amp", "deterministic", "speedups", "step_ms", "crops_per_s",
+               "augment_ms", "encoder_ms", "loss_ms", "optimizer_ms", "augment_pct", "gflop_per_step", "tflop_per_s",
+               "peak_share_pct", "peak_mem_gib"]
     columns = [c for c in columns if any(c in r for r in rows)]
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -84,11 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny", help="tiny, demo or paper (default: tiny)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="crops per step (default: the preset's)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (back to back; also the split's repeats)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--formats", default="audio,spectrogram", help="comma-separated: audio,spectrogram")
     parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA instead of bf16 autocast")
     parser.add_argument("--flops", action="store_true", help="count FLOPs on CPU too")
+    parser.add_argument("--without", default="", help=f"speed-ups to turn off, comma-separated: "
+                        f"{','.join(Speedups.names())} (or 'all')")
+    parser.add_argument("--no-split", action="store_true", help="skip timing the phases of a step")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the card's peak (default: by its name)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="torch's deterministic algorithms, as scaling.deterministic sets them")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
@@ -98,14 +189,33 @@ def main(argv: list[str] | None = None) -> int:
         load_preset(args.preset)
     except SpecError as exc:
         parser.error(str(exc))
+    without = Speedups.names() if args.without == "all" else tuple(n for n in args.without.split(",") if n)
+    try:
+        Speedups().without(without)
+    except ValueError as exc:
+        parser.error(f"--without: {exc}")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        parser.error(f"--peak-tflops: must be > 0, got {args.peak_tflops}")
+    if args.deterministic:
+        if "deterministic" not in {f.name for f in dataclasses.fields(ScalingSpec)}:
+            parser.error("--deterministic: this version has no scaling.deterministic")
+        try:
+            from clmr_ray.machine import use_deterministic
+        except ImportError:
+            parser.error("--deterministic: this version has no clmr_ray.machine.use_deterministic")
+        use_deterministic(True)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     for fmt in formats:
         if fmt not in ("audio", "spectrogram"):
             parser.error(f"--formats: unknown format '{fmt}' (choose audio, spectrogram)")
     rows = run(args.preset, args.device, formats, batch=args.batch, steps=args.steps, warmup=args.warmup,
-               amp=False if args.no_amp else None, count_flops=True if args.flops else None)
-    print(f"training step, preset {args.preset}, {torch.get_num_threads()} CPU threads")
+               amp=False if args.no_amp else None, count_flops=True if args.flops else None, without=without,
+               split=not args.no_split, peak=args.peak_tflops)
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
+    print(f"training step, preset {args.preset}, {device}, {torch.get_num_threads()} CPU threads")
     print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps([{**r, "device_name": device} for r in rows], indent=1))
     return 0
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .base import DatasetError
-from .cache import CachedSplit
+
+if TYPE_CHECKING:  # cache.py imports soundfile: the benchmarks run where it is missing
+    from .cache import CachedSplit
 
 
 @dataclass

@@ -1,6 +1,11 @@
 """The training-step benchmark runs end to end on CPU and prints its table."""
 
+import json
+import subprocess
+import sys
+
 import pytest
+import torch
 
 from clmr_ray.bench import step
 
@@ -10,13 +15,45 @@ def test_step_benchmark_measures_both_encoders(capsys):
     assert [r["format"] for r in rows] == ["audio", "spectrogram"]
     assert all(r["crops_per_s"] > 0 and r["gflop_per_step"] > 0 for r in rows)
     assert "crops_per_s" in step.format_table(rows)
+    for r in rows:  # the split of one step: every phase took some time, augmentation's share in between
+        assert all(r[k] > 0 for k in ("augment_ms", "encoder_ms", "loss_ms", "optimizer_ms"))
+        assert 0 < r["augment_pct"] < 100
+    assert "peak_share_pct" not in rows[0]  # no peak known for a CPU
+    with_peak = step.measure("tiny", "audio", "cpu", batch=2, steps=1, warmup=0, count_flops=True, split=False,
+                             peak=1.0)
+    assert with_peak["peak_share_pct"] == pytest.approx(100 * with_peak["tflop_per_s"])
+    assert "augment_ms" not in with_peak
 
 
-def test_step_benchmark_command_line(capsys):
-    assert step.main(["--preset", "tiny", "--formats", "audio", "--steps", "1", "--warmup", "0", "--batch", "2"]) == 0
+def test_step_benchmark_command_line(capsys, tmp_path):
+    out = tmp_path / "rows.json"
+    assert step.main(["--preset", "tiny", "--formats", "audio", "--steps", "1", "--warmup", "0", "--batch", "2",
+                      "--without", "all", "--json", str(out)]) == 0
     assert "samplecnn" in capsys.readouterr().out
+    assert json.loads(out.read_text())[0]["speedups"] == "none"
     for argv, message in ((["--preset", "huge"], "unknown preset 'huge'"),
-                          (["--formats", "image"], "unknown format 'image'")):
+                          (["--formats", "image"], "unknown format 'image'"),
+                          (["--without", "graphs"], "--without: speed-up 'graphs' is not one of"),
+                          (["--peak-tflops", "0"], "--peak-tflops: must be > 0")):
         with pytest.raises(SystemExit):
             step.main(argv)
         assert message in capsys.readouterr().err
+
+
+def test_deterministic_flag_turns_on_deterministic_algorithms(capsys, tmp_path):
+    pytest.importorskip("clmr_ray.machine")
+    out = tmp_path / "rows.json"
+    try:
+        step.main(["--preset", "tiny", "--formats", "audio", "--steps", "1", "--warmup", "0", "--batch", "2",
+                   "--no-split", "--deterministic", "--json", str(out)])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert json.loads(out.read_text())[0]["deterministic"] is True
+
+
+def test_benchmarks_import_nothing_a_bare_gpu_machine_lacks():
+    """The GPU machine has torch, torchaudio, torchvision, numpy, pandas, pyarrow and yaml only."""
+    code = ("import sys, clmr_ray.bench.step, clmr_ray.bench.augment; "
+            "print(','.join(m for m in ('ray', 'optuna', 'soundfile') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Issue 11's GPU figures in one run (<= 5 min on an H100/H200): the training step of both encoders
+# (bf16 and fp32, batch 48 and 256, with and without the speed-ups, deterministic algorithms),
+# the augmentation throughput, then the issue's table. Needs torch, torchaudio, torchvision, numpy,
+# pyarrow and yaml; installs nothing (no Ray, Optuna or soundfile: the benchmarks do not import them).
+#
+#   bash benchmarks/gpu_step.sh                              # on the GPU machine, in the repository root
+#   PRESET=tiny DEVICE=cpu BATCHES="4 8" AUG_BATCH=4 STEPS=1 bash benchmarks/gpu_step.sh   # a CPU dry run
+#
+# Every figure and the raw rows (JSON) are left in $OUT (default: a temporary folder).
+set -u
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+PRESET=${PRESET:-paper}
+DEVICE=${DEVICE:-cuda}
+BATCHES=${BATCHES:-48 256}
+AUG_BATCH=${AUG_BATCH:-48}
+STEPS=${STEPS:-10}
+RUN_LIMIT=${RUN_LIMIT:-120}  # seconds per benchmark command
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+started=$(date +%s)
+first_batch=${BATCHES%% *}
+
+bench_step() {  # name, then extra arguments of bench step
+    local name=$1
+    shift
+    echo "== bench step $name: $*"
+    timeout "$RUN_LIMIT" "$PYTHON" -m clmr_ray.bench.step --preset "$PRESET" --device "$DEVICE" --steps "$STEPS" \
+        --json "$OUT/step_$name.json" "$@" 2>&1 | tee "$OUT/step_$name.txt" | grep -v '^\s*$'
+}
+
+"$PYTHON" - <<'EOF'
+import torch
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"device {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+EOF
+for batch in $BATCHES; do
+    bench_step "bf16_b$batch" --batch "$batch"
+    if [ "$batch" = "$first_batch" ]; then
+        bench_step "fp32_b$batch" --batch "$batch" --no-amp
+        bench_step "bf16_b${batch}_plain" --batch "$batch" --without all --no-split
+        bench_step "bf16_b${batch}_deterministic" --batch "$batch" --deterministic --no-split
+    fi
+done
+echo "== bench augment --batch $AUG_BATCH"
+timeout "$RUN_LIMIT" "$PYTHON" -m clmr_ray.bench.augment --preset "$PRESET" --device "$DEVICE" --batch "$AUG_BATCH" \
+    2>&1 | tee "$OUT/augment.txt"
+
+OUT="$OUT" FIRST_BATCH="$first_batch" BATCHES="$BATCHES" "$PYTHON" - <<'EOF'
+import json
+import os
+from pathlib import Path
+
+out, first = Path(os.environ["OUT"]), os.environ["FIRST_BATCH"]
+
+
+def rows(name):
+    path = out / f"step_{name}.json"
+    return {r["format"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+
+
+def cell(r, flops=True):
+    if not r:
+        return "(failed)"
+    text = f"{r['step_ms']:.1f} ms, {r['crops_per_s']:.0f} crops/s"
+    return text + (f", {r['tflop_per_s']:.1f} TFLOP/s" if flops and "tflop_per_s" in r else "")
+
+
+bf16, fp32 = rows(f"bf16_b{first}"), rows(f"fp32_b{first}")
+plain, det = rows(f"bf16_b{first}_plain"), rows(f"bf16_b{first}_deterministic")
+names = {"audio": "SampleCNN (audio, all its augs)", "spectrogram": "ResNet on log-mel (its augs)"}
+device = next((r.get("device_name") for r in [*bf16.values(), *fp32.values()]), "?")
+print(f"\n### Training step on {device}, preset {bf16.get('audio', {}).get('preset', '?')}, batch {first}\n")
+print("| step | bf16 autocast | fp32 | FLOPs counted | share of the card's dense bf16 peak |")
+print("|---|---|---|---|---|")
+for fmt, label in names.items():
+    b, f = bf16.get(fmt, {}), fp32.get(fmt, {})
+    gflop = f"{b['gflop_per_step']:.0f} GFLOP" if "gflop_per_step" in b else "?"
+    share = f"{b['peak_share_pct']:.1f} %" if "peak_share_pct" in b else "(peak unknown)"
+    print(f"| {label} | {cell(b)} | {cell(f, flops=False)} | {gflop} | {share} |")
+for batch in os.environ["BATCHES"].split()[1:]:
+    big = rows(f"bf16_b{batch}")
+    print(f"| same at batch {batch}, bf16 | "
+          + ", ".join(f"{names[k].split(' ')[0]} {cell(big.get(k, {}))}" for k in names) + " | | | |")
+print("\n| split of one step (bf16) | augment | encoder fwd+bwd | loss | optimiser | augment share |")
+print("|---|---|---|---|---|---|")
+for fmt, label in names.items():
+    for precision, table in (("bf16", bf16), ("fp32", fp32)):
+        r = table.get(fmt)
+        if r and "augment_ms" in r:
+            print(f"| {label}, {precision} | {r['augment_ms']:.1f} ms | {r['encoder_ms']:.1f} ms | "
+                  f"{r['loss_ms']:.2f} ms | {r['optimizer_ms']:.2f} ms | {r['augment_pct']:.0f} % |")
+print("\n| bf16 step | speed-ups on | all off (--without all) | deterministic algorithms |")
+print("|---|---|---|---|")
+for fmt, label in names.items():
+    print(f"| {label} | {cell(bf16.get(fmt), False)} | {cell(plain.get(fmt), False)} | "
+          f"{cell(det.get(fmt), False)} |")
+EOF
+echo "figures and raw rows in $OUT; took $(( $(date +%s) - started )) s"

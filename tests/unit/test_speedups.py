@@ -1,0 +1,116 @@
+"""The GPU speed-ups keep the gradients: a few optimiser steps with and without each, on CPU."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+import torch
+
+from clmr_ray.config import preset
+from clmr_ray.data.sampling import CropBatch
+from clmr_ray.pretrain import ContrastiveModel, train_step
+from clmr_ray.speedups import Prefetch, Speedups
+
+CROP = 2187  # 3^7 samples at 8 kHz
+
+
+def tiny_spec():
+    return preset("tiny", {"pretrain.crop_samples": CROP, "audio.augment.pitch.enabled": False})
+
+
+def batches(n: int = 3, size: int = 4) -> list[CropBatch]:
+    g = torch.Generator().manual_seed(5)
+    return [CropBatch(0.3 * torch.randn(size, 2, CROP, generator=g), torch.arange(size)) for _ in range(n)]
+
+
+def train(fmt: str, speed: Speedups, steps: list[CropBatch], sgd: bool = False):
+    """Parameters and losses after the given steps, from the same initial weights and augmentations.
+
+    sgd: plain SGD instead of the speed-up's Adam. Adam turns rounding noise on a gradient that is
+    0 in exact arithmetic (a convolution bias before BatchNorm) into full lr-sized steps."""
+    spec = tiny_spec()
+    torch.manual_seed(0)
+    model = speed.prepare_model(ContrastiveModel(spec, fmt, 8000))
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.05) if sgd else speed.adam(params, lr=1e-3, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(1)
+    losses = [float(train_step(model, batch, optimizer, temperature=0.5, generator=generator, grad_clip=1.0))
+              for batch in speed.batches(steps, "cpu")]
+    return [p.detach().clone() for p in params], losses
+
+
+def assert_same_training(a, b, rtol: float, atol: float) -> None:
+    (params_a, losses_a), (params_b, losses_b) = a, b
+    assert losses_a == pytest.approx(losses_b, rel=rtol, abs=0)
+    for x, y in zip(params_a, params_b, strict=True):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+
+
+def test_channels_last_gives_the_same_parameters_after_a_few_steps():
+    steps = batches()
+    # NHWC kernels round differently; over 3 steps that stays at float32 noise
+    assert_same_training(train("spectrogram", Speedups(), steps, sgd=True),
+                         train("spectrogram", Speedups(channels_last=True), steps, sgd=True), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["audio", "spectrogram"])
+def test_fused_adam_takes_the_same_steps_as_the_plain_one(fmt):
+    """Fed the same gradients, the fused update matches the per-tensor one to float32 rounding."""
+    torch.manual_seed(0)
+    model = ContrastiveModel(tiny_spec(), fmt, 8000)
+    twin = copy.deepcopy(model)
+    plain = Speedups().adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    fused = Speedups(fused_adam=True).adam(twin.parameters(), lr=1e-3, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(1)
+    for batch in batches():
+        plain.zero_grad()
+        model.loss(*model(batch.audio, generator), 0.5, gather=False).backward()
+        for p, q in zip(model.parameters(), twin.parameters()):
+            q.grad = p.grad.clone()
+        plain.step()
+        fused.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_prefetched_training_is_bit_identical():
+    steps = batches()
+    assert_same_training(train("audio", Speedups(), steps), train("audio", Speedups(prefetch=True), steps), 0, 0)
+
+
+def test_train_step_returns_the_loss_without_reading_it_back():
+    spec = tiny_spec()
+    model = ContrastiveModel(spec, "audio", 8000)
+    optimizer = torch.optim.Adam(model.parameters())
+    loss = train_step(model, batches(1)[0], optimizer, temperature=0.5, generator=torch.Generator().manual_seed(0))
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
+
+
+def test_speedups_are_on_for_cuda_only_and_cudnn_autotuning_not_when_deterministic():
+    assert Speedups.for_device("cpu") == Speedups()
+    assert Speedups.for_device("cuda", deterministic=False) == Speedups(True, True, True, True)
+    assert not Speedups.for_device("cuda", deterministic=True).cudnn_benchmark
+    assert Speedups.for_device("cuda", deterministic=False).without(["prefetch"]).prefetch is False
+    with pytest.raises(ValueError, match="speed-up 'graphs' is not one of fused_adam, channels_last"):
+        Speedups().without(["graphs"])
+
+
+def test_prefetch_keeps_order_stops_early_and_passes_errors_on():
+    steps = batches(5)
+    got = list(Prefetch(steps, "cpu", depth=2))
+    assert len(got) == 5 and all(torch.equal(a.audio, b.audio) for a, b in zip(got, steps))
+    before = threading.active_count()
+    for _ in Prefetch(steps, "cpu", depth=1):
+        break  # the producer thread is told to stop and joined
+    assert threading.active_count() == before
+
+    def failing():
+        yield steps[0]
+        raise OSError("cache file vanished")
+
+    with pytest.raises(OSError, match="cache file vanished"):
+        list(Prefetch(failing(), "cpu"))
+    with pytest.raises(ValueError, match="Prefetch.depth: must be >= 1, got 0"):
+        Prefetch(steps, "cpu", depth=0)
