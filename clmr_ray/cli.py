@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials at a time (default: the file's budget)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field of the sweep's base spec, e.g. --set pretrain.epochs=5 (repeatable)")
+    _add_packing_args(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("analyze", help="which parameter of a sweep matters: importance, toggle effects, slices",
@@ -183,6 +184,7 @@ def _add_ablation_args(p: argparse.ArgumentParser, default_results: str = "resul
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored with RAY_ADDRESS)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one spec field in every row, e.g. --set pretrain.epochs=5 (repeatable)")
+    _add_packing_args(p)
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -190,6 +192,24 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="experiment spec YAML applied on top of the preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field, e.g. --set pretrain.lr=1e-3 (repeatable)")
+
+
+def _add_packing_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials-per-gpu", type=_trials_per_gpu, metavar="N|auto",
+                   help="GPU runs: pack N trials on each GPU (Ray fractional GPUs, 1/N each); auto: as many as the "
+                   "trial's memory estimate lets fit in the card with 10%% headroom. A packing that cannot fit is "
+                   "refused before any trial starts (see README, Scaling)")
+    p.add_argument("--gpu-memory-gib", type=float, metavar="GIB",
+                   help="memory of one GPU, for --trials-per-gpu (default: read on a GPU of the Ray cluster)")
+
+
+def _trials_per_gpu(text: str):
+    from clmr_ray.packing import parse_trials_per_gpu
+
+    try:
+        return parse_trials_per_gpu(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--trials-per-gpu: ")) from None
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -279,7 +299,8 @@ def _ablate(path, args, log=print):
     roots = {"gtzan": args.gtzan_root, "mtat": args.mtat_root}
     outcome = run_ablation(ablation, args.preset, results_dir=args.results, roots=roots, seeds=args.seeds,
                            extra=parse_sets(args.set), max_concurrent=args.max_concurrent,
-                           num_cpus=args.num_cpus, log=log)
+                           num_cpus=args.num_cpus, trials_per_gpu=args.trials_per_gpu,
+                           gpu_memory_gib=args.gpu_memory_gib, log=log)
     for failure in outcome.failed:
         print(f"clmr-ray: run failed: {failure}", file=sys.stderr)
     return outcome
@@ -364,7 +385,8 @@ def cmd_sweep(args) -> int:
                               max_concurrent_trials=args.max_concurrent, base=parse_sets(args.set))
     from clmr_ray.distributed import tune  # imports Ray: only once the sweep file is valid
 
-    outcome = tune.run_sweep(sweep, args.storage, resume=args.resume, num_cpus=args.num_cpus)
+    outcome = tune.run_sweep(sweep, args.storage, resume=args.resume, num_cpus=args.num_cpus,
+                             trials_per_gpu=args.trials_per_gpu, gpu_memory_gib=args.gpu_memory_gib)
     for error in outcome.errors:
         print(f"clmr-ray: trial failed: {error}", file=sys.stderr)
     if outcome.interrupted:

@@ -267,6 +267,9 @@ class ScalingSpec:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    # Share of a GPU one trial reserves (Ray Tune/Train fractional resources): 0.25 packs 4 trials on a
+    # card. Where a trial runs, not what it computes: left out of the spec hash (packing.py, README Scaling).
+    gpus_per_trial: float = field(default=1.0, metadata={"hash": False})
 
 
 @dataclass
@@ -318,6 +321,12 @@ def validate(spec: ExperimentSpec) -> None:
             raise SpecError(f"{key}: must be > 0, got {value}")
     if spec.pretrain.batch_size < 2:
         raise SpecError("pretrain.batch_size: NT-Xent needs at least 2 examples per batch")
+    share = spec.scaling.gpus_per_trial
+    if not 0.0 < share <= 1.0:
+        raise SpecError(f"scaling.gpus_per_trial: must be in (0, 1], got {share}")
+    if spec.scaling.use_gpu and spec.scaling.num_workers > 1 and share <= 0.5:
+        raise SpecError(f"scaling.gpus_per_trial: {share} with num_workers {spec.scaling.num_workers} could put two "
+                        "ranks of one run on one GPU, which NCCL refuses; use > 0.5 (or 1) for multi-worker runs")
     if spec.pretrain.objective == "cross_format" and spec.format != "both":
         raise SpecError("pretrain.objective: cross_format pairs audio with spectrogram views; set format: both")
 

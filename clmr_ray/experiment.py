@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +183,16 @@ def local_pretrain_fn(device: str | torch.device = "cpu", report=None) -> Pretra
 
 
 def default_device(spec: ExperimentSpec) -> str:
-    return "cuda" if spec.scaling.use_gpu and torch.cuda.is_available() else "cpu"
+    """'cuda' (the first device this process sees: under Ray, the trial's own card) when scaling.use_gpu,
+    else 'cpu'. Without CUDA a use_gpu run falls back to the CPU with a warning (a CPU machine, or a Ray
+    started with fake GPU resources, as the packing tests do)."""
+    if not spec.scaling.use_gpu:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    warnings.warn("scaling.use_gpu is set but CUDA is not available here: running on the CPU",
+                  RuntimeWarning, stacklevel=2)
+    return "cpu"
 
 
 def run_experiment(spec: ExperimentSpec, *, store: EncoderStore | None = None,

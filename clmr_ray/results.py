@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -113,6 +114,7 @@ def provenance() -> dict:
 
     return {**_static_provenance(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # the card(s) Ray gave the run
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 

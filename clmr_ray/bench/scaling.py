@@ -1,6 +1,16 @@
-"""Scaling benchmarks on Ray.
+"""Scaling benchmarks: Ray Train workers, Tune sweep overhead, and trials packed on one GPU.
 
     python -m clmr_ray.bench.scaling train --preset tiny --workers 0 1 2 --epochs 2
+    python -m clmr_ray.bench.scaling pack --preset paper --trials 1 2 4 8      # on a GPU, no Ray needed
+
+`pack`: N processes train the same paper-scale step (train_step, as `bench step` times it, with
+fused Adam and cuDNN autotuning on CUDA) on one device at once, as N packed trials would; after
+their warm-up they start together and each counts its steps for --seconds. Rows: aggregate crops/s,
+speedup over one trial alone, each trial's crops/s, the peak memory of one process (allocated by
+torch, the CUDA context not counted) beside packing.py's estimate of the same pretraining step,
+and pretraining trials per hour on that device: aggregate crops/s over the crops one trial
+pretrains (epochs x GTZAN_TRAIN_TRACKS training tracks x crops_per_track; evaluation not counted).
+Nothing here imports Ray.
 
 `train`: pretraining throughput with N Ray Train workers (0 = in this process, no Ray), same
 global batch. crops/s is the median over the epochs after the first (the first one warms up)
@@ -13,6 +23,7 @@ free cores make each step many times slower (measured 20x on a loaded 2-core box
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 import time
@@ -67,12 +78,117 @@ def train_scaling(preset: str = "tiny", workers=(1, 2), epochs: int = 2, fmt: st
 
 
 def format_rows(rows: list[dict]) -> str:
-    columns = list(rows[0])
-    cells = [[f"{row[c]:.3g}" if isinstance(row[c], float) else str(row[c]) for c in columns] for row in rows]
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    cells = [[f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
+             for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ trials packed on one GPU
+
+GTZAN_TRAIN_TRACKS = 443  # torchaudio's filtered GTZAN training split, the paper's pretraining set
+PACK_BARRIER_TIMEOUT_S = 600
+
+
+def pack_sweep(preset: str = "paper", trials=(1, 2, 4, 8), device: str = "cuda", fmt: str = "audio",
+               seconds: float = 20.0, warmup: int = 3, trial_crops: int | None = None) -> list[dict]:
+    """One row per packing: N processes running the same training step on `device` at once."""
+    from clmr_ray import packing
+
+    spec = load_preset(preset, {"scaling.use_gpu": device.startswith("cuda")})
+    estimate = packing.estimate(with_overrides(spec, {"format": fmt}))
+    p = spec.pretrain
+    trial_crops = trial_crops or p.epochs * GTZAN_TRAIN_TRACKS * p.crops_per_track
+    rows = []
+    for n in trials:
+        outcomes = _run_packed(n, preset, fmt, device, seconds, warmup)
+        errors = sorted((o["error"] for o in outcomes if "error" in o), key=lambda e: e.startswith("BrokenBarrier"))
+        row = {"trials": n, "device": outcomes[0].get("device", device), "format": fmt, "batch": p.batch_size}
+        if errors:
+            rows.append({**row, "error": errors[0]})
+            continue
+        per_trial = [o["steps"] * p.batch_size / o["seconds"] for o in outcomes]
+        total = sum(per_trial)
+        row.update(crops_per_s=total, trial_crops_per_s=min(per_trial))
+        if device.startswith("cuda"):
+            row["peak_mem_gib"] = max(o["peak_mem_gib"] for o in outcomes)
+        row.update(est_mem_gib=(estimate.states + estimate.pretrain_activations) / packing.GIB,
+                   trials_per_h=3600 * total / trial_crops)
+        rows.append(row)
+    first = next((r for r in rows if "crops_per_s" in r), None)
+    for row in rows:  # aggregate throughput over the first packing's (one trial alone, by default)
+        if first is not None and "crops_per_s" in row:
+            row["speedup"] = row["crops_per_s"] / first["crops_per_s"]
+    return rows
+
+
+def _run_packed(n: int, preset: str, fmt: str, device: str, seconds: float, warmup: int) -> list[dict]:
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    barrier = context.Barrier(n, timeout=PACK_BARRIER_TIMEOUT_S)
+    results = context.Queue()
+    workers = [context.Process(target=_pack_worker, args=(rank, preset, fmt, device, seconds, warmup, barrier,
+                                                          results), daemon=True) for rank in range(n)]
+    for worker in workers:
+        worker.start()
+    outcomes = []
+    for _ in workers:
+        try:
+            outcomes.append(results.get(timeout=PACK_BARRIER_TIMEOUT_S + seconds + 60))
+        except Exception:  # noqa: BLE001 - a worker died without reporting (killed for memory)
+            outcomes.append({"error": "a trial process ended without a result (out of memory?)"})
+            break
+    for worker in workers:
+        worker.join(timeout=30)
+        if worker.is_alive():
+            worker.kill()
+    return outcomes
+
+
+def _pack_worker(rank: int, preset: str, fmt: str, device: str, seconds: float, warmup: int, barrier,
+                 results) -> None:
+    from clmr_ray.bench.timing import sync
+    from clmr_ray.data.sampling import CropBatch
+    from clmr_ray.pretrain import ContrastiveModel, train_step
+
+    try:
+        spec = load_preset(preset)
+        p = spec.pretrain
+        dev = torch.device(device)
+        torch.set_num_threads(spec.scaling.cpus_per_worker)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(rank)
+        model = ContrastiveModel(spec, fmt, spec.data.sample_rate).to(dev)
+        optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay,
+                                     fused=dev.type == "cuda")
+        audio = 0.1 * torch.randn(p.batch_size, 2, p.crop_samples, generator=torch.Generator().manual_seed(rank))
+        crops = CropBatch(audio.to(dev), torch.arange(p.batch_size))
+        generator = torch.Generator(device=dev).manual_seed(rank)
+
+        def step():
+            return train_step(model, crops, optimizer, temperature=p.temperature, generator=generator, amp=p.amp,
+                              grad_clip=p.grad_clip)
+
+        for _ in range(warmup):
+            step()
+        sync(dev)
+        barrier.wait()
+        start, steps = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            step()
+            steps += 1
+        sync(dev)
+        elapsed = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+        results.put({"rank": rank, "steps": steps, "seconds": elapsed, "peak_mem_gib": peak, "device": name})
+    except Exception as exc:  # noqa: BLE001 - reported as the row's error; the others must not wait
+        barrier.abort()
+        lines = str(exc).strip().splitlines()
+        results.put({"rank": rank, "error": f"{type(exc).__name__}: {lines[0] if lines else ''}"})
 
 
 # ---------------------------------------------------------------- Tune sweep overhead
@@ -137,7 +253,30 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--preset", default="tiny")
     sweep.add_argument("--trials", type=int, default=4)
     sweep.add_argument("--concurrent", type=int, default=1)
+    pack = parts.add_parser("pack", help="N trials' training steps at once on one GPU: aggregate crops/s, "
+                            "trials/hour (no Ray)")
+    pack.add_argument("--preset", default="paper")
+    pack.add_argument("--trials", type=int, nargs="+", default=[1, 2, 4, 8], help="trials per GPU to try")
+    pack.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    pack.add_argument("--format", default="audio", choices=["audio", "spectrogram"])
+    pack.add_argument("--seconds", type=float, default=20.0, help="timed seconds per packing, after the warm-up")
+    pack.add_argument("--warmup", type=int, default=3, help="untimed steps per trial first")
+    pack.add_argument("--trial-crops", type=int, help="crops one trial pretrains, for trials/hour "
+                      f"(default: epochs x {GTZAN_TRAIN_TRACKS} GTZAN training tracks x crops_per_track)")
     args = parser.parse_args(argv)
+    if args.part == "pack":
+        if any(n < 1 for n in args.trials) or args.seconds <= 0 or args.warmup < 0:
+            parser.error("--trials must be >= 1, --seconds > 0 and --warmup >= 0")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available on this machine")
+        try:
+            rows = pack_sweep(args.preset, tuple(args.trials), args.device, args.format, args.seconds, args.warmup,
+                              args.trial_crops)
+        except SpecError as exc:
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        print(f"trials packed on one {rows[0]['device']}, preset {args.preset}, {args.seconds:g} s each")
+        print(format_rows(rows))
+        return 0
     if args.part == "sweep":
         row = sweep_overhead(args.preset, args.trials, args.concurrent)
         print("\n".join(f"{k:>14}: {v:.2f}" if isinstance(v, float) else f"{k:>14}: {v}" for k, v in row.items()))

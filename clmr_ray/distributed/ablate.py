@@ -15,8 +15,10 @@ from ray import tune
 
 from .. import storage
 from ..ablation_files import Ablation, Run, expand
+from ..config import merge
 from ..experiment import prepare_before_runs
 from ..results import existing_run_ids, read_records
+from .pack import pack_trials, packed_overrides, share_text
 from .tasks import ensure_ray, ray_imap
 from .tune import concurrency_limit, run_trial, shared_encoders_for, trial_config, trial_resources
 
@@ -31,10 +33,11 @@ class AblationOutcome:
 
 
 class AblationProgress(tune.Callback):
-    """One line per finished run: runs done / total, the row, its metrics."""
+    """One line per finished run: runs done / total, the row, its metrics, the runs still going and
+    how they share GPUs."""
 
-    def __init__(self, name: str, cells: list[dict], total: int, done_before: int):
-        self.name, self.cells, self.total, self.done = name, cells, total, done_before
+    def __init__(self, name: str, cells: list[dict], total: int, done_before: int, share: str = ""):
+        self.name, self.cells, self.total, self.done, self.share = name, cells, total, done_before, share
         self.started = time.time()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -42,8 +45,10 @@ class AblationProgress(tune.Callback):
         cell = self.cells[trial.config["index"]]
         last = trial.last_result or {}
         shown = ", ".join(f"{k} {last[k]:.3f}" for k in ("valid_map", "test_acc") if k in last)
+        running = sum(1 for t in trials if t.status == "RUNNING" and t is not trial)
+        share = f" ({self.share})" if self.share else ""
         print(f"[{self.name}] {self.done}/{self.total} runs done: {cell['run_id']} ({cell['label']}) {shown} "
-              f"| {time.time() - self.started:.0f} s", flush=True)
+              f"| {running} running{share} | {time.time() - self.started:.0f} s", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         cell = self.cells[trial.config["index"]]
@@ -56,11 +61,14 @@ def _cell_trial(config: dict, cells: list[dict]) -> None:
 
 def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", roots: dict | None = None,
                  seeds: list[int] | None = None, extra: dict | None = None, max_concurrent: int | None = None,
-                 num_cpus: int | None = None, log=print) -> AblationOutcome:
+                 num_cpus: int | None = None, trials_per_gpu: int | str | None = None,
+                 gpu_memory_gib: float | None = None, log=print) -> AblationOutcome:
     """Run every missing row x seed of `ablation` at `preset`; records go to <results_dir>/runs/.
 
     results_dir is a local folder or a pyarrow filesystem URI (file://, s3://): records, Tune state and
-    distributed-pretraining checkpoints all go there."""
+    distributed-pretraining checkpoints all go there. trials_per_gpu (N or 'auto') packs N runs on each
+    GPU (distributed/pack.py), checked against the card's memory (gpu_memory_gib, else measured) before
+    any run starts."""
     results_dir = storage.resolve(results_dir)
     runs_dir = storage.join(results_dir, "runs")
     runs = expand(ablation, preset, roots=roots, seeds=seeds, extra=extra)
@@ -72,6 +80,11 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
         return outcome
     log(f"[{ablation.name}] {len(todo)} of {len(runs)} runs to do ({len(ablation.rows)} rows x "
         f"{len(runs) // len(ablation.rows)} seeds, preset {preset}); records -> {runs_dir}")
+    packing = pack_trials([r.spec for r in todo], trials_per_gpu, gpu_memory_gib=gpu_memory_gib, num_cpus=num_cpus,
+                          log=log, prefix=f"[{ablation.name}] ")
+    if packing is not None:  # the share is left out of the spec hash: the run ids stay the same
+        packed = merge(extra or {}, packed_overrides(packing))
+        todo = [r for r in expand(ablation, preset, roots=roots, seeds=seeds, extra=packed) if r.run_id not in done]
 
     ensure_ray(num_cpus)
     import ray
@@ -94,6 +107,8 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
         cells.append(cell)
     wanted = max_concurrent or len(cells)
     limit = min(concurrency_limit(s.spec, wanted, ray.cluster_resources()) for s in todo)
+    share = share_text(todo[0].spec)
+    log(f"[{ablation.name}] {limit} runs at a time" + (f", {share}" if share else ""))
     trainable = tune.with_resources(tune.with_parameters(_cell_trial, cells=cells),
                                     lambda config: trial_resources(cells[config["index"]]))
     tuner = tune.Tuner(
@@ -103,7 +118,8 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
                                     trial_dirname_creator=lambda trial: cells[trial.config["index"]]["run_id"]),
         run_config=tune.RunConfig(name=f"ablate-{ablation.name}", storage_path=str(storage.join(results_dir, "tune")),
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=1),
-                                  callbacks=[AblationProgress(ablation.name, cells, len(runs), len(outcome.skipped))]),
+                                  callbacks=[AblationProgress(ablation.name, cells, len(runs), len(outcome.skipped),
+                                                              share)]),
     )
     grid = tuner.fit()
     recorded = existing_run_ids(runs_dir)

@@ -104,7 +104,7 @@ def ray_pretrain(spec: ExperimentSpec, unit: str, cache: CropCache, *, storage_p
         _train_worker,
         train_loop_config={"spec": spec, "unit": unit, "cache_path": str(cache.path)},
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                               resources_per_worker={"CPU": s.cpus_per_worker}),
+                                               resources_per_worker=worker_resources(spec)),
         run_config=ray.train.RunConfig(
             name=name or run_name(spec, unit),
             storage_path=_storage_uri(storage_path),
@@ -115,6 +115,13 @@ def ray_pretrain(spec: ExperimentSpec, unit: str, cache: CropCache, *, storage_p
         ),
     )
     return _read_result(trainer.fit())
+
+
+def worker_resources(spec: ExperimentSpec) -> dict[str, float]:
+    """What one Ray Train worker reserves: its CPUs and, on GPU, its share of a card (scaling.gpus_per_trial;
+    config.validate keeps it above 0.5 with several workers, so two ranks of one run never share a card)."""
+    s = spec.scaling
+    return {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_trial} if s.use_gpu else {})}
 
 
 def check_batch_split(spec: ExperimentSpec) -> None:
@@ -134,6 +141,7 @@ def check_cluster_fits(spec: ExperimentSpec) -> None:
 
     s = spec.scaling
     total = ray.cluster_resources()
+    # a GPU share of a multi-worker run is > 0.5 (config.validate): each worker needs a card of its own
     need = {"CPU": s.num_workers * s.cpus_per_worker, "GPU": s.num_workers if s.use_gpu else 0}
     for resource, amount in need.items():
         if amount > total.get(resource, 0):

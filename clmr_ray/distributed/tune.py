@@ -30,6 +30,7 @@ A trial ASHA stops has no evaluation, so it leaves no Parquet record.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -52,6 +53,7 @@ from ..experiment import (
     pretrain_units,
     run_experiment,
 )
+from ..packing import trials_per_gpu
 from ..results import RECORD_SUFFIX, existing_run_ids, read_records, run_record, write_record
 from ..sweep_analysis import write_journal
 from ..sweep_files import Sweep, SweepError
@@ -118,6 +120,7 @@ def run_trial(config: dict) -> None:
         tune.report(final_report(record, metric, pretrain_epoch=0))
         return
 
+    started_at = time.time()
     progress = _EpochProgress(metric, f"[{spec.name}]")
     if spec.scaling.num_workers > 1:
         pretrain_fn = _distributed_pretrain(config, progress, run_id)
@@ -129,7 +132,8 @@ def run_trial(config: dict) -> None:
     store = EncoderStore(config.get("encoders_dir"), shared=config.get("shared_encoders"))
     result = run_experiment(spec, store=store, pretrain_fn=pretrain_fn, log=lambda line: print(line, flush=True))
     extra = {"trial_id": trial_id, "sweep": config.get("sweep"), "status": "finished", "label": config.get("label"),
-             "params": json.dumps(config.get("params") or {}, sort_keys=True)}
+             "params": json.dumps(config.get("params") or {}, sort_keys=True),
+             "trial_started_at": started_at, "trial_finished_at": time.time()}  # epoch s: packed trials overlap
     record = run_record(spec, result, run_id=run_id, table=config.get("table"), row=config.get("row"), extra=extra)
     write_record(record, runs_dir)
     tune.report(final_report(record, metric, pretrain_epoch=progress.epochs))
@@ -203,14 +207,14 @@ def _distributed_pretrain(config: dict, progress: _EpochProgress, run_id: str) -
 
 
 def trial_resources(config: dict):
-    """What a trial reserves: the worker's CPUs (+ GPU) when it pretrains in-process, only
-    memory when it is a Ray Train driver (its workers reserve their own)."""
+    """What a trial reserves: the worker's CPUs (+ its share of a GPU, scaling.gpus_per_trial) when it
+    pretrains in-process, only memory when it is a Ray Train driver (its workers reserve their own)."""
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
     s = trial_spec(config).scaling
     if s.num_workers > 1:
         return PlacementGroupFactory([{"CPU": 0, "memory": DRIVER_MEMORY}])
-    return PlacementGroupFactory([{"CPU": s.cpus_per_worker, "GPU": 1 if s.use_gpu else 0}])
+    return PlacementGroupFactory([{"CPU": s.cpus_per_worker, "GPU": s.gpus_per_trial if s.use_gpu else 0}])
 
 
 def trainable():
@@ -223,7 +227,7 @@ def trainable():
 def trial_needs(spec: ExperimentSpec) -> dict[str, float]:
     """Cluster resources one running trial occupies (its Ray Train workers included)."""
     s = spec.scaling
-    gpus = (s.num_workers if s.use_gpu else 0)
+    gpus = s.num_workers * s.gpus_per_trial if s.use_gpu else 0
     return {"CPU": s.num_workers * s.cpus_per_worker, "GPU": gpus}
 
 
@@ -236,8 +240,17 @@ def concurrency_limit(spec: ExperimentSpec, wanted: int, resources: dict) -> int
             if have < amount:
                 raise SweepError(f"scaling: one trial needs {amount:g} {resource}s, the Ray cluster has {have:g}; "
                                  "lower scaling.num_workers / cpus_per_worker or start Ray with more")
-            fits = min(fits, int(have // amount))
+            fits = min(fits, _trials_fitting(spec, resource, have, amount))
     return max(1, fits)
+
+
+def _trials_fitting(spec: ExperimentSpec, resource: str, have: float, amount: float) -> int:
+    """Trials whose `amount` of `resource` fit in `have`; GPU shares fill each card on its own (two 0.4
+    shares per card: 2 cards hold 4 such trials, not 5)."""
+    s = spec.scaling
+    if resource == "GPU" and s.gpus_per_trial < 1:
+        return int(have + 1e-6) * trials_per_gpu(s.gpus_per_trial) // s.num_workers
+    return int(have / amount + 1e-6)
 
 
 # ------------------------------------------------------------------------ sweeps
@@ -280,8 +293,13 @@ class SweepProgress(tune.Callback):
         # the last two parts of a dotted key are enough to tell parameters apart
         params = ", ".join(f"{'.'.join(k.split('.')[-2:])}={_short(v)}"
                            for k, v in (trial.config.get("params") or {}).items())
+        from .pack import share_text
+
+        running = sum(1 for t in trials if t.status == "RUNNING" and t is not trial)
+        share = share_text(self.sweep.base_spec())
         self.log(f"[{self.sweep.name}] {done}/{self.sweep.num_samples} done, {trial.trial_id}: {outcome} | "
-                 f"{best_text} | {params} | {time.time() - self.started:.0f} s")
+                 f"{best_text} | {params} | {running} running{f' ({share})' if share else ''} | "
+                 f"{time.time() - self.started:.0f} s")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.log(f"[{self.sweep.name}] trial {trial.trial_id} failed: {_error_line(trial)}")
@@ -321,13 +339,21 @@ class SweepOutcome:
 
 
 def run_sweep(sweep: Sweep, location="results/sweeps", *, resume: bool = False, num_cpus: int | None = None,
+              trials_per_gpu: int | str | None = None, gpu_memory_gib: float | None = None,
               log=print) -> SweepOutcome:
     """Run (or resume) a sweep; every finished trial leaves a Parquet record under
     <location>/<name>/runs/, and the best trial's spec is saved as <location>/<name>/best_spec.yaml.
-    `location` is a folder or a filesystem URI (file://, s3://, ...): Tune's state goes there too."""
+    `location` is a folder or a filesystem URI (file://, s3://, ...): Tune's state goes there too.
+    trials_per_gpu (N or 'auto') packs N trials on each GPU (distributed/pack.py), checked against the
+    card's memory (gpu_memory_gib, else measured) before any trial starts."""
     from ..experiment import prepare_before_runs
+    from .pack import pack_trials, packed_overrides, share_text, sweep_specs
     from .tasks import ray_imap
 
+    packing = pack_trials(sweep_specs(sweep), trials_per_gpu, gpu_memory_gib=gpu_memory_gib, num_cpus=num_cpus,
+                          log=log, prefix=f"[{sweep.name}] ")
+    if packing is not None:  # part of the sweep's base, so a resume with other flags is refused
+        sweep = dataclasses.replace(sweep, base=cfg.merge(sweep.base, packed_overrides(packing)))
     base_dir = storage.resolve(location)
     exp_dir = storage.join(base_dir, sweep.name)
     runs_dir = storage.join(exp_dir, "runs")
@@ -344,8 +370,10 @@ def run_sweep(sweep: Sweep, location="results/sweeps", *, resume: bool = False, 
             "that many trials' workers fit in the Ray cluster")
     started = time.perf_counter()
     prepare_before_runs(base, map_fn=ray_imap, log=lambda line: log(f"[{sweep.name}] {line}"))
+    share = share_text(base)
     log(f"[{sweep.name}] data ready ({time.perf_counter() - started:.1f} s); "
-        f"{'resuming' if restoring else 'starting'} {sweep.num_samples} trials, {limit} at a time -> {exp_dir}")
+        f"{'resuming' if restoring else 'starting'} {sweep.num_samples} trials, {limit} at a time"
+        f"{f', {share}' if share else ''} -> {exp_dir}")
 
     if restoring:
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable(), resume_unfinished=True,
