@@ -3,8 +3,8 @@
     python -m clmr_ray.bench.scaling train --preset tiny --workers 0 1 2 --epochs 2
     python -m clmr_ray.bench.scaling pack --preset paper --trials 1 2 4 8      # on a GPU, no Ray needed
 
-`pack`: N processes train the same paper-scale step (train_step, as `bench step` times it, with
-fused Adam and cuDNN autotuning on CUDA) on one device at once, as N packed trials would; after
+`pack`: N processes train the same paper-scale step (train_step with the speed-ups training uses
+on that device, clmr_ray/speedups.py) on one device at once, as N packed trials would; after
 their warm-up they start together and each counts its steps for --seconds. Rows: aggregate crops/s,
 speedup over one trial alone, each trial's crops/s, the peak memory of one process (allocated by
 torch, the CUDA context not counted) beside packing.py's estimate of the same pretraining step,
@@ -152,18 +152,18 @@ def _pack_worker(rank: int, preset: str, fmt: str, device: str, seconds: float, 
     from clmr_ray.bench.timing import sync
     from clmr_ray.data.sampling import CropBatch
     from clmr_ray.pretrain import ContrastiveModel, train_step
+    from clmr_ray.speedups import Speedups
 
     try:
         spec = load_preset(preset)
         p = spec.pretrain
         dev = torch.device(device)
         torch.set_num_threads(spec.scaling.cpus_per_worker)
-        if dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        speed = Speedups.for_device(dev)
+        speed.apply_backend()
         torch.manual_seed(rank)
-        model = ContrastiveModel(spec, fmt, spec.data.sample_rate).to(dev)
-        optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay,
-                                     fused=dev.type == "cuda")
+        model = speed.prepare_model(ContrastiveModel(spec, fmt, spec.data.sample_rate).to(dev))
+        optimizer = speed.adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         audio = 0.1 * torch.randn(p.batch_size, 2, p.crop_samples, generator=torch.Generator().manual_seed(rank))
         crops = CropBatch(audio.to(dev), torch.arange(p.batch_size))
         generator = torch.Generator(device=dev).manual_seed(rank)
