@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if getattr(args, "portable_cpu", False):
+        from clmr_ray import machine
+
+        machine.pin_portable_cpu()  # before torch runs an op here or in any Ray worker we start
     try:
         return args.func(args) or 0
     except (SpecError, DatasetError) as exc:
@@ -104,16 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="?", default="results",
                    help="results folder or URI (file://..., s3://bucket/prefix) holding runs/ (default: results)")
     p.add_argument("--out", help="folder or URI the tables go to (default: RESULTS)")
+    _add_findings_arg(p)
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("reproduce", help="Tables 1 and 2 end to end: ablate both, then build the tables",
                        description="Prepare the data, run ablations/table1.yaml and table2.yaml at --preset, "
                        "write the tables and print them beside the paper's numbers.")
     _add_ablation_args(p, default_results="results/demo")
+    _add_findings_arg(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("demo", help="the main job: reproduce --preset demo (synthetic data, local Ray, CPU)")
     p.add_argument("--results", default="results/demo", help="results folder (default: results/demo)")
+    _add_machine_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run one experiment in this process: prepare, pretrain, evaluate",
@@ -123,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--device", help="cpu | cuda (default: cuda when scaling.use_gpu and available)")
     p.add_argument("--serial", action="store_true", help="prepare data in this process instead of Ray tasks")
+    p.add_argument("--results", help="also write the run's Parquet record to RESULTS/runs/ (a folder or URI)")
+    _add_machine_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("spec", help="print the fully resolved experiment spec as YAML",
@@ -147,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field of the sweep's base spec, e.g. --set pretrain.epochs=5 (repeatable)")
     _add_packing_args(p)
+    _add_machine_args(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("analyze", help="which parameter of a sweep matters: importance, toggle effects, slices",
@@ -185,13 +196,7 @@ def _add_ablation_args(p: argparse.ArgumentParser, default_results: str = "resul
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one spec field in every row, e.g. --set pretrain.epochs=5 (repeatable)")
     _add_packing_args(p)
-
-
-def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="paper", help="tiny | demo | paper (default: paper)")
-    p.add_argument("--config", help="experiment spec YAML applied on top of the preset")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field, e.g. --set pretrain.lr=1e-3 (repeatable)")
+    _add_machine_args(p)
 
 
 def _add_packing_args(p: argparse.ArgumentParser) -> None:
@@ -210,6 +215,26 @@ def _trials_per_gpu(text: str):
         return parse_trials_per_gpu(text)
     except SpecError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--trials-per-gpu: ")) from None
+
+
+def _add_findings_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--findings", metavar="FILE",
+                   help="claims to test, as comparisons between rows (default: ablations/findings.yaml): each gets "
+                   "an effect, a 95%% interval (seeds + a bootstrap over test tracks) and a verdict, written as "
+                   "findings.{parquet,csv,md,png} beside the tables")
+
+
+def _add_machine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--portable-cpu", action="store_true",
+                   help="pin the CPU kernels to AVX2 (torch, oneDNN, MKL), so x86 machines with wider vector units "
+                   "run the same kernels; on one machine, reruns are identical without it (see README, Repeatable runs)")
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="paper", help="tiny | demo | paper (default: paper)")
+    p.add_argument("--config", help="experiment spec YAML applied on top of the preset")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set pretrain.lr=1e-3 (repeatable)")
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -288,6 +313,15 @@ def cmd_run(args) -> int:
     print(f"[{spec.name}] format {spec.format}: test acc {m['test_acc']:.3f}, test mAP {m['test_map']:.3f}, "
           f"valid mAP {m['valid_map']:.3f} (trained: {', '.join(result.trained) or 'none'}; "
           f"reused: {', '.join(result.reused) or 'none'}; {result.seconds['total']:.1f} s)")
+    if args.results:
+        from clmr_ray.config import spec_hash
+        from clmr_ray.results import run_record, write_record
+
+        runs = storage.join(storage.resolve(args.results), "runs")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.name)
+        path = write_record(run_record(spec, result, run_id=f"run-{name}-{spec_hash(spec)}", table="run",
+                                      row=spec.name, extra={"status": "finished"}), runs)
+        print(f"record: {path}")
     return 0
 
 
@@ -324,21 +358,27 @@ def cmd_tables(args) -> int:
     records = read_records(runs)
     if records.empty:
         raise DatasetError(f"{runs}: no run records (*.parquet) to build tables from")
-    shown = build_tables(records, storage.resolve(args.out) if args.out else results)
+    shown = build_tables(records, storage.resolve(args.out) if args.out else results, findings=args.findings)
     for text in shown.values():
         print(text)
     print("written: " + ", ".join(f"{base}.*" for base in shown))
     return 0
 
 
-def build_tables(records, out, titles: dict | None = None) -> dict[str, str]:
-    """Write the tables into `out` (a folder or a URI: written locally, then uploaded file by file);
-    returns {where each table went, without suffix: its markdown}."""
+def build_tables(records, out, titles: dict | None = None, findings=None) -> dict[str, str]:
+    """Write the tables and the findings (claims of `findings`, default ablations/findings.yaml, whose
+    rows have records) into `out` (a folder or a URI: written locally, then uploaded file by file);
+    returns {where each table went, without suffix: its markdown}, the findings last."""
+    from clmr_ray.findings import load_claims, write_findings
     from clmr_ray.tables import write_tables
 
+    claims = load_claims(findings) if findings else load_claims()
     local = Path(tempfile.mkdtemp(prefix="clmr-tables-")) if storage.is_uri(out) else Path(out)
     try:
         written = write_tables(records, local, titles)
+        _, findings_paths = write_findings(records, local, claims, "Findings: the paper's claims, tested")
+        if findings_paths:
+            written["findings"] = findings_paths
         shown = {}
         for paths in written.values():
             for path in paths.values():
@@ -353,29 +393,33 @@ def build_tables(records, out, titles: dict | None = None) -> dict[str, str]:
 
 def cmd_reproduce(args) -> int:
     from clmr_ray.ablation_files import load_ablation
+    from clmr_ray.findings import load_claims
     from clmr_ray.results import read_records
 
     files = [ABLATIONS_DIR / "table1.yaml", ABLATIONS_DIR / "table2.yaml"]
     for path in files:
         load_ablation(path)  # both files valid before anything runs
+    if args.findings:
+        load_claims(args.findings)
     started = time.perf_counter()
     failed = []
     for path in files:
         failed += _ablate(path, args).failed
     results = storage.resolve(args.results)
     shown = build_tables(read_records(storage.join(results, "runs")), results,
-                         {"table1": "Table 1: augmentations", "table2": "Table 2: input formats"})
+                         {"table1": "Table 1: augmentations", "table2": "Table 2: input formats"}, args.findings)
     print(f"\nclmr-ray reproduce --preset {args.preset}: {time.perf_counter() - started:.0f} s\n")
     for text in shown.values():
         print(text)
-    print("tables: " + ", ".join(f"{base}.*" for base in shown))
+    print("tables and findings: " + ", ".join(f"{base}.*" for base in shown))
     print(f"run records: {storage.join(results, 'runs')}/*.parquet")
     return 1 if failed else 0
 
 
 def cmd_demo(args) -> int:
     print("clmr-ray demo: the paper's Tables 1-2 on the synthetic corpus (local Ray, CPU, preset demo)")
-    return main(["reproduce", "--preset", "demo", "--results", args.results])
+    return main(["reproduce", "--preset", "demo", "--results", args.results]
+                + (["--portable-cpu"] if args.portable_cpu else []))
 
 
 def cmd_sweep(args) -> int:

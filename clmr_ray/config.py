@@ -266,7 +266,9 @@ class EvalSpec:
 class ScalingSpec:
     num_workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: int = 1
+    cpus_per_worker: int = 1  # also the torch threads of a run: fixed, so reruns are bit-identical
+    # CUDA: torch's deterministic algorithms + cuBLAS's fixed workspace (slower; see bench step)
+    deterministic: bool = False
     # Share of a GPU one trial reserves (Ray Tune/Train fractional resources): 0.25 packs 4 trials on a
     # card. Where a trial runs, not what it computes: left out of the spec hash (packing.py, README Scaling).
     gpus_per_trial: float = field(default=1.0, metadata={"hash": False})

@@ -31,6 +31,19 @@ class Features:
         return self.x.shape[0]
 
 
+@dataclass
+class TrackPredictions:
+    """What a bootstrap over tracks needs: the probe's per-track probabilities and the labels."""
+    scores: np.ndarray  # float32 [n_tracks, C]
+    labels: np.ndarray  # int [n_tracks] class indices, or [n_tracks, C] multi-hot
+
+
+@dataclass
+class Evaluation:
+    metrics: dict  # valid_/test_ metrics (track- and crop-level), probe and encoder sizes
+    predictions: dict[str, TrackPredictions]  # split ("valid", "test") -> per-track predictions
+
+
 class Probe(nn.Module):
     """A classification head on features standardised with the training set's statistics."""
 
@@ -150,6 +163,11 @@ def score(probe: nn.Module, features: Features, labels, multilabel: bool, prefix
                                multilabel, prefix)
 
 
+def track_predictions(crop_probs: torch.Tensor, track_index: torch.Tensor, labels) -> TrackPredictions:
+    track_probs, tracks = track_average(crop_probs, track_index)
+    return TrackPredictions(track_probs.numpy().astype(np.float32), _labels(labels, "labels")[tracks].numpy())
+
+
 def score_probabilities(crop_probs: torch.Tensor, track_index: torch.Tensor, labels, multilabel: bool,
                         prefix: str = "test") -> dict:
     labels = _labels(labels, "labels")
@@ -169,9 +187,10 @@ def score_probabilities(crop_probs: torch.Tensor, track_index: torch.Tensor, lab
 # --------------------------------------------------------------------- experiment
 
 
-def evaluate(spec: ExperimentSpec, encoders: dict[str, nn.Module], cache, device) -> dict:
-    """Probe the frozen encoders of spec.format on `cache` (a CropCache); returns valid and test
-    metrics (track- and crop-level), the probe's size and the encoders' parameter count."""
+def evaluate(spec: ExperimentSpec, encoders: dict[str, nn.Module], cache, device) -> Evaluation:
+    """Probe the frozen encoders of spec.format on `cache` (a CropCache): valid and test metrics
+    (track- and crop-level), the probe's size, the encoders' parameter count, and the per-track
+    valid and test predictions (what findings.py bootstraps over)."""
     from .pretrain import build_pipeline
 
     formats = FORMATS[spec.format]
@@ -197,12 +216,15 @@ def evaluate(spec: ExperimentSpec, encoders: dict[str, nn.Module], cache, device
                            n_classes, multilabel, spec.seed)
 
     result: dict = {"n_params": sum(_n_params(encoders[f]) for f in formats), "n_classes": n_classes}
+    predictions: dict[str, TrackPredictions] = {}
     if len(formats) == 1 or spec.eval.fusion == "concat":
         fused = feats[formats[0]] if len(formats) == 1 else {
             name: concat_features([feats[f][name] for f in formats]) for name in splits}
         probe = fit(fused)
         for name in ("valid", "test"):
-            result.update(score(probe, fused[name], splits[name].labels, multilabel, prefix=name))
+            probs = predict_proba(probe, fused[name], multilabel)
+            result.update(score_probabilities(probs, fused[name].track_index, splits[name].labels, multilabel, name))
+            predictions[name] = track_predictions(probs, fused[name].track_index, splits[name].labels)
         result.update(feature_dim=fused["train"].x.shape[1], probe_params=_n_params(probe),
                       probe_best_epoch=probe.best_epoch, probe_epochs=probe.epochs_run)
     else:  # decision-level fusion: one probe per format, probabilities averaged
@@ -213,13 +235,14 @@ def evaluate(spec: ExperimentSpec, encoders: dict[str, nn.Module], cache, device
                 single = score_probabilities(probs, feats[f][name].track_index, splits[name].labels, multilabel, name)
                 result.update({f"{f}_{k}": v for k, v in single.items()})
             mean_probs = torch.stack(list(per_format.values())).mean(0)
-            result.update(score_probabilities(mean_probs, feats[formats[0]][name].track_index,
-                                              splits[name].labels, multilabel, name))
+            track_index = feats[formats[0]][name].track_index
+            result.update(score_probabilities(mean_probs, track_index, splits[name].labels, multilabel, name))
+            predictions[name] = track_predictions(mean_probs, track_index, splits[name].labels)
         result.update(feature_dim=sum(feats[f]["train"].x.shape[1] for f in formats),
                       probe_params=sum(_n_params(p) for p in probes.values()),
                       probe_best_epoch=max(p.best_epoch for p in probes.values()),
                       probe_epochs=max(p.epochs_run for p in probes.values()))
-    return result
+    return Evaluation(result, predictions)
 
 
 def _n_params(module: nn.Module) -> int:

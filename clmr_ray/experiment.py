@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import safe_files, storage
+from . import machine, safe_files, storage
 from .config import DataSpec, ExperimentSpec, spec_hash
 from .data import cache as crop_cache
 from .data import mirror, registry
@@ -118,8 +118,9 @@ class ExperimentResult:
     trained: list[str] = field(default_factory=list)  # units pretrained by this run
     reused: list[str] = field(default_factory=list)  # units loaded from the store
     histories: dict[str, list[dict]] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
     encoder_sha256: dict[str, str] = field(default_factory=dict)  # unit -> SHA-256 of the encoder file used
+    seconds: dict[str, float] = field(default_factory=dict)
+    predictions: dict = field(default_factory=dict)  # split -> evaluate.TrackPredictions
 
 
 def uri_roots(spec: ExperimentSpec) -> list[str]:
@@ -201,6 +202,7 @@ def run_experiment(spec: ExperimentSpec, *, store: EncoderStore | None = None,
     """Prepare data, pretrain (or reuse) every encoder the experiment needs, evaluate."""
     store = store or EncoderStore()
     device = device or default_device(spec)
+    machine.prepare(spec, device)
     pretrain_fn = pretrain_fn or local_pretrain_fn(device)
     started = time.perf_counter()
     eval_cache, pretrain_cache = prepare_caches(spec, map_fn)
@@ -232,7 +234,8 @@ def run_experiment(spec: ExperimentSpec, *, store: EncoderStore | None = None,
 
     t0 = time.perf_counter()
     encoders = {f: e.to(device) for f, e in encoders_from_states(spec, states).items()}
-    result.metrics = evaluate(spec, encoders, eval_cache, device)
+    evaluation = evaluate(spec, encoders, eval_cache, device)
+    result.metrics, result.predictions = evaluation.metrics, evaluation.predictions
     seconds["evaluate"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     result.seconds = seconds

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import io
 import json
 import os
 import platform
@@ -18,11 +19,12 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, storage
+from . import __version__, machine, storage
 from .config import ExperimentSpec, spec_hash, to_dict
 
 RECORD_SUFFIX = ".parquet"
@@ -61,6 +63,9 @@ def run_record(spec: ExperimentSpec, result, *, run_id: str, table: str | None =
         "encoder_sha256": json.dumps(getattr(result, "encoder_sha256", {}), sort_keys=True),  # unit -> file hash
     }
     record.update({k: _scalar(v) for k, v in result.metrics.items()})
+    for split, predictions in getattr(result, "predictions", {}).items():
+        record[f"{split}_track_scores"] = encode_array(predictions.scores.astype(np.float32))
+        record[f"{split}_track_labels"] = encode_array(_small_ints(predictions.labels))
     for unit, history in result.histories.items():
         if not history:
             continue
@@ -109,13 +114,59 @@ def read_records(runs_dir) -> pd.DataFrame:
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
+def encode_array(array: np.ndarray) -> bytes:
+    """An array as .npy bytes (dtype and shape included): per-track predictions in a record."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_array(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _small_ints(labels: np.ndarray) -> np.ndarray:
+    if labels.size and float(np.abs(labels).max()) < 2**15 and np.all(labels == np.round(labels)):
+        return labels.astype(np.int16)
+    return labels
+
+
 def provenance() -> dict:
+    """The machine a record came from: what can make two runs of one spec and seed differ."""
     import torch
 
+    cuda = torch.cuda.is_available()
     return {**_static_provenance(),
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu_name": torch.cuda.get_device_name(0) if cuda else None,
+            "gpu_driver": _gpu_driver() if cuda else None,
+            "cuda_version": torch.version.cuda if cuda else None,
+            "cudnn_version": torch.backends.cudnn.version() if cuda else None,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # the card(s) Ray gave the run
+            "cpu_pins": json.dumps(machine.cpu_pins(), sort_keys=True),
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+
+
+def machine_summary(records: pd.DataFrame) -> list[str]:
+    """One line per kind of machine the records came from (CPU model, the capability torch
+    dispatched to, threads, kernel pins, GPU) and how many runs each made."""
+    if records.empty:
+        return []
+    columns = [c for c in ("cpu_model", "cpu_capability", "torch_threads", "cpu_pins", "gpu_name") if c in records]
+    if not columns:
+        return [f"{len(records)} runs from machines not recorded (records older than the provenance columns)"]
+    known = records[columns].map(lambda v: "" if pd.isna(v) else str(v))
+    lines = []
+    for values, group in known.groupby(columns, sort=True):
+        m = dict(zip(columns, values))
+        pins = f", pinned {m['cpu_pins']}" if m.get("cpu_pins", "{}") not in ("", "{}") else ""
+        gpu = f", GPU {m['gpu_name']}" if m.get("gpu_name") else ", no GPU"
+        lines.append(f"{len(group)} runs on {m.get('cpu_model') or 'an unrecorded CPU'} (torch CPU capability "
+                     f"{m.get('cpu_capability') or '?'}, {m.get('torch_threads') or '?'} threads{pins}){gpu}")
+    return lines
 
 
 @functools.cache
@@ -127,7 +178,27 @@ def _static_provenance() -> dict:
         except metadata.PackageNotFoundError:
             versions[f"{package}_version"] = None
     return {"clmr_ray_version": __version__, **versions, "python_version": platform.python_version(),
-            "hostname": platform.node(), "git_commit": _git_commit()}
+            "hostname": platform.node(), "git_commit": _git_commit(), "cpu_model": _cpu_model(),
+            "cpu_arch": platform.machine()}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 def _git_commit() -> str | None:

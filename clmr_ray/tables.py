@@ -1,7 +1,8 @@
 """Parquet run records -> the paper's tables, with the paper's numbers beside ours.
 
-For every (table, row): mean, std and n over seeds of each metric, the published value in the
-next column, and the run ids behind the cell. Rows without records show as missing, never 0.
+For every (table, row): mean, std and n over seeds of each metric with its 95 % interval (seeds +
+a bootstrap over test tracks, findings.row_interval), the published value in the next column, and
+the run ids behind the cell. Rows without records show as missing, never 0.
 Written as Parquet, CSV and Markdown, plus a PNG bar chart per table.
 """
 
@@ -28,6 +29,8 @@ PAPER_ROWS = [
 ]
 PAPER_METRICS = {"valid_map": "paper_valid_map", "test_acc": "paper_test_acc"}
 DEFAULT_METRICS = ["valid_map", "test_acc", "test_map"]
+CELL_NOTE = ("Cells: mean ± std over seeds [95% interval: seeds + a bootstrap over the split's tracks]; "
+             "n = runs (seeds).")
 
 
 def paper_reference() -> pd.DataFrame:
@@ -36,9 +39,12 @@ def paper_reference() -> pd.DataFrame:
     return frame.astype({"paper_valid_map": "float64", "paper_test_acc": "float64"})
 
 
-def build_table(records: pd.DataFrame, table: str, metrics: list[str] | None = None) -> pd.DataFrame:
-    """One row per (table, row): label, n, <metric>_mean/_std, paper values, run ids."""
+def build_table(records: pd.DataFrame, table: str, metrics: list[str] | None = None, boot=None) -> pd.DataFrame:
+    """One row per (table, row): label, n, <metric>_mean/_std/_ci_low/_ci_high, paper values, run ids."""
+    from .findings import TrackBootstrap, row_interval
+
     metrics = metrics or DEFAULT_METRICS
+    boot = boot or TrackBootstrap()
     reference = paper_reference()
     reference = reference[reference["table"] == table]
     mine = records[records["table"] == table] if not records.empty and "table" in records else pd.DataFrame()
@@ -58,6 +64,9 @@ def build_table(records: pd.DataFrame, table: str, metrics: list[str] | None = N
             values = values.dropna()
             entry[f"{metric}_mean"] = float(values.mean()) if len(values) else np.nan
             entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+            interval = row_interval(runs, metric, boot) if len(values) else None
+            entry[f"{metric}_ci_low"] = interval.low if interval else np.nan
+            entry[f"{metric}_ci_high"] = interval.high if interval else np.nan
             if metric in PAPER_METRICS:
                 entry[PAPER_METRICS[metric]] = float(ref[PAPER_METRICS[metric]].iloc[0]) if len(ref) else np.nan
         entry["run_ids"] = ",".join(sorted(runs["run_id"])) if len(runs) else ""
@@ -66,7 +75,7 @@ def build_table(records: pd.DataFrame, table: str, metrics: list[str] | None = N
 
 
 def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None) -> str:
-    """A Markdown table: 'mean ± std (n)' cells, the paper's value beside each metric it reports."""
+    """A Markdown table: 'mean ± std [95% interval]' cells, the paper's value beside each metric it reports."""
     metrics = metrics or [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
     header = ["row", "n"]
     for metric in metrics:
@@ -77,23 +86,25 @@ def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None) -> str:
     for _, r in table.iterrows():
         cells = [str(r["label"]), str(r["n"])]
         for metric in metrics:
-            cells.append(_cell(r[f"{metric}_mean"], r.get(f"{metric}_std")))
+            cells.append(_cell(r[f"{metric}_mean"], r.get(f"{metric}_std"), r.get(f"{metric}_ci_low"),
+                               r.get(f"{metric}_ci_high")))
             if metric in PAPER_METRICS:
                 cells.append(_cell(r.get(PAPER_METRICS[metric]), None))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _cell(mean, std) -> str:
+def _cell(mean, std, low=None, high=None) -> str:
     if mean is None or pd.isna(mean):
         return "—"
-    if std is None or pd.isna(std):
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {std:.3f}"
+    text = f"{mean:.3f}" if std is None or pd.isna(std) else f"{mean:.3f} ± {std:.3f}"
+    if low is not None and not pd.isna(low):
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text
 
 
 def plot_table(table: pd.DataFrame, path: Path, title: str) -> Path:
-    """Bar chart: our mean (error bar = std over seeds) beside the paper's value, per metric."""
+    """Bar chart: our mean (error bar = its 95 % interval) beside the paper's value, per metric."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,8 +115,9 @@ def plot_table(table: pd.DataFrame, path: Path, title: str) -> Path:
     y = np.arange(len(table))
     for ax, (metric, paper) in zip(axes[0], pairs):
         ours = table[f"{metric}_mean"].astype(float).fillna(0.0)
-        err = table[f"{metric}_std"].astype(float).fillna(0.0)
-        ax.barh(y - 0.2, ours, height=0.4, xerr=err, label="clmr-ray (mean ± std)", color="tab:blue")
+        low = (ours - table[f"{metric}_ci_low"].astype(float)).clip(lower=0).fillna(0.0)
+        high = (table[f"{metric}_ci_high"].astype(float) - ours).clip(lower=0).fillna(0.0)
+        ax.barh(y - 0.2, ours, height=0.4, xerr=[low, high], label="clmr-ray (mean, 95% interval)", color="tab:blue")
         ax.barh(y + 0.2, table[paper].astype(float).fillna(0.0), height=0.4, label="paper", color="tab:gray")
         missing = table[f"{metric}_mean"].isna()
         for i in np.flatnonzero(missing.to_numpy()):
@@ -132,9 +144,13 @@ def write_tables(records: pd.DataFrame, out_dir, tables: dict[str, str] | None =
     if tables is None and not records.empty and "table" in records:
         for name in records["table"].dropna().unique():
             names.setdefault(str(name), str(name))
+    from .findings import TrackBootstrap
+    from .results import machine_summary
+
+    boot = TrackBootstrap()  # each run's resampled metrics computed once for every table
     written = {}
     for name, title in names.items():
-        table = build_table(records, name, metrics)
+        table = build_table(records, name, metrics, boot)
         paths = {
             "parquet": out_dir / f"{name}.parquet",
             "csv": out_dir / f"{name}.csv",
@@ -143,7 +159,9 @@ def write_tables(records: pd.DataFrame, out_dir, tables: dict[str, str] | None =
         }
         table.to_parquet(paths["parquet"], index=False)
         table.to_csv(paths["csv"], index=False)
-        paths["md"].write_text(f"## {title}\n\n{to_markdown(table, metrics)}\n")
+        mine = records[records["table"] == name] if "table" in records else records.iloc[:0]
+        machines = f"Records from: {'; '.join(machine_summary(mine))}.\n" if not mine.empty else ""
+        paths["md"].write_text(f"## {title}\n\n{to_markdown(table, metrics)}\n\n{CELL_NOTE}\n{machines}")
         plot_table(table, paths["png"], title)
         written[name] = paths
     return written

@@ -31,8 +31,12 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    from .. import machine
+
+    pins = machine.cpu_pins()  # a local Ray's workers inherit them; a cluster's get them here
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True,
+                 runtime_env={"env_vars": pins} if pins else None)
         set_up_working_dir_on_every_node()
     else:  # "local": never attach to a cluster some `ray start` left recorded in /tmp/ray
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,

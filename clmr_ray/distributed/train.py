@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .. import safe_files
+from .. import machine, safe_files
 from ..config import ExperimentSpec, spec_hash
 from ..data.base import data_dir
 from ..data.cache import CropCache, open_cache
@@ -198,8 +198,7 @@ def _train_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
+    machine.prepare(spec, device)
     cache = open_cache(config["cache_path"])
     resume = _load_state(ray.train.get_checkpoint())
     node_ids = _all_gather(ray.get_runtime_context().get_node_id(), world_size)
@@ -260,7 +259,6 @@ def _load_state(checkpoint) -> dict | None:
         except safe_files.RefusedFile as exc:
             print(f"checkpoint refused, pretraining from the first epoch: {exc}", flush=True)
             return None
-
 
 
 def _all_gather(value, world_size: int) -> list:

@@ -125,9 +125,6 @@ def run_trial(config: dict) -> None:
     if spec.scaling.num_workers > 1:
         pretrain_fn = _distributed_pretrain(config, progress, run_id)
     else:
-        import torch
-
-        torch.set_num_threads(max(1, spec.scaling.cpus_per_worker))
         pretrain_fn = _local_pretrain(progress)
     store = EncoderStore(config.get("encoders_dir"), shared=config.get("shared_encoders"))
     result = run_experiment(spec, store=store, pretrain_fn=pretrain_fn, log=lambda line: print(line, flush=True))

@@ -38,7 +38,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, monkeypatch):
     results = {}
     for fmt, fusion in (("audio", "concat"), ("spectrogram", "concat"), ("both", "concat"), ("both", "decision")):
         run_spec = with_overrides(spec, {"format": fmt, "eval.fusion": fusion})
-        results[f"{fmt}/{fusion}"] = evaluate(run_spec, {f: encoders[f] for f in encoders}, cache, "cpu")
+        results[f"{fmt}/{fusion}"] = evaluate(run_spec, {f: encoders[f] for f in encoders}, cache, "cpu").metrics
     total_s = time.perf_counter() - start
 
     print(f"\ntracks {listing.counts()}, prepare {prepared_s:.1f}s, pretrain {pretrained_s:.1f}s, total {total_s:.1f}s")

@@ -1,0 +1,62 @@
+"""What a run's numbers depend on besides (spec, seed, code): the machine, and how we pin it.
+
+A run is bit-identical on one machine when its thread count is fixed: `use_threads` sets
+torch's intra-op threads to spec.scaling.cpus_per_worker in every process that trains or
+evaluates (a `clmr-ray run`, an ablation trial, a Ray Train worker), whatever else runs beside it.
+
+Across machines the CPU kernels differ: torch's own kernels dispatch on the CPU's vector ISA
+(ATEN_CPU_CAPABILITY), convolutions go through oneDNN (ONEDNN_MAX_CPU_ISA) and matrix products
+through MKL (MKL_CBWR), and each picks the widest ISA the CPU has. On one AVX-512 machine, each
+of the three moves a tiny run's loss in the 6th digit and, through the probe, its metrics.
+`PORTABLE_CPU` pins all three to AVX2, which every x86-64 CPU of the last decade has, so two
+such machines run the same kernels. Set them before torch runs its first op (the CLI's
+--portable-cpu does, and hands them to Ray's workers).
+
+On CUDA, `use_deterministic` turns on torch's deterministic algorithms and cuBLAS's fixed
+workspace (scaling.deterministic); bench step reports what it costs.
+"""
+
+from __future__ import annotations
+
+import os
+
+PORTABLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+PIN_VARIABLES = tuple(PORTABLE_CPU)
+CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def pin_portable_cpu() -> dict[str, str]:
+    """Pin this process (and the processes it starts) to the portable CPU kernels; returns the
+    variables set. A value the user already set wins."""
+    for name, value in PORTABLE_CPU.items():
+        os.environ.setdefault(name, value)
+    return cpu_pins()
+
+
+def cpu_pins() -> dict[str, str]:
+    return {name: os.environ[name] for name in PIN_VARIABLES if name in os.environ}
+
+
+def use_threads(cpus: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def use_deterministic(enabled: bool) -> None:
+    """torch's deterministic algorithms on (CUDA: also cuBLAS's fixed workspace), or off."""
+    import torch
+
+    if enabled:
+        os.environ.setdefault(*CUBLAS_WORKSPACE)
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(enabled)
+
+
+def prepare(spec, device) -> None:
+    """Set what a run's numbers depend on before it trains: threads on CPU, determinism on CUDA."""
+    import torch
+
+    if torch.device(device).type == "cpu":
+        use_threads(spec.scaling.cpus_per_worker)
+    use_deterministic(spec.scaling.deterministic)
