@@ -236,7 +236,7 @@ def shift_spectrum_pitch(spec: torch.Tensor, ratio: torch.Tensor, hop: int) -> t
     kept relative to the window centre (bin k of a centred frame carries an extra pi * k), so the
     bins of one partial stay coherent. Moving a partial's spectral peak to ratio times its bin
     also compresses it by ratio in time, a gain the ISTFT would apply: it is divided out."""
-    _, k, f = spec.shape
+    n, k, f = spec.shape
     n_fft = 2 * (k - 1)
     dtype, device = ratio.dtype, spec.device
     bins = torch.arange(k, device=device, dtype=dtype)
@@ -248,8 +248,11 @@ def shift_spectrum_pitch(spec: torch.Tensor, ratio: torch.Tensor, hop: int) -> t
     lower = (1 - (source - below)).clamp_min(0).mul(source <= k - 1).unsqueeze(-1)
     gain = _compression_gain(ratio, n_fft).view(-1, 1, 1)
 
+    first_bin = (torch.arange(n, device=device) * k).unsqueeze(-1)
+
     def take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return t.gather(1, index.unsqueeze(-1).expand(-1, -1, f))
+        """t[i, index[i, j], :] for every row i and output bin j: whole frames of a bin at once."""
+        return t.reshape(n * k, f).index_select(0, (index + first_bin).reshape(-1)).view(n, k, f)
 
     magnitude = spec.abs()
     out_magnitude = (take(magnitude, below) * (lower / gain)).add_(take(magnitude, below + 1) * (upper / gain))
