@@ -317,3 +317,18 @@ def test_fft_filter_sized_from_a_cutoff_bound_matches_the_recursive_one():
     cutoff, highpass = torch.tensor([200.0, 900.0, 3000.0]), torch.tensor([True, True, False])
     bounded = A.biquad_filter(x, cutoff, highpass, SR, method="fft", lowest_cutoff_hz=200.0)
     assert (bounded - A.biquad_filter(x, cutoff, highpass, SR, method="recursive")).abs().max() < 1e-5 * x.abs().max()
+
+
+def test_audio_pipeline_does_not_depend_on_the_thread_count():
+    """Pitch phases are summed in integers and the FFTs split work by rows: the same bits on 1 or 2 threads."""
+    spec = preset("paper")
+    x = 0.1 * torch.randn(4, 59049, generator=gen(6))
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(AugmentPipeline(spec.audio.augment, spec.data.sample_rate)(x, gen(3)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(*outs)
