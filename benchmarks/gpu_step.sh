@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issue 11's GPU figures in one run (<= 5 min on an H100/H200): the training step of both encoders
-# (bf16 and fp32, batch 48 and 256, with and without the speed-ups, deterministic algorithms),
+# (bf16 and fp32, batch 48 and 256, with and without the speed-ups, deterministic algorithms, torch.compile),
 # the augmentation throughput, then the issue's table. Needs torch, torchaudio, torchvision, numpy,
 # pyarrow and yaml; installs nothing (no Ray, Optuna or soundfile: the benchmarks do not import them).
 #
 #   bash benchmarks/gpu_step.sh                              # on the GPU machine, in the repository root
-#   PRESET=tiny DEVICE=cpu BATCHES="4 8" AUG_BATCH=4 STEPS=1 bash benchmarks/gpu_step.sh   # a CPU dry run
+#   PRESET=tiny DEVICE=cpu BATCHES="4 8" AUG_BATCH=4 STEPS=1 COMPILE_BACKEND=eager bash benchmarks/gpu_step.sh
+#                                                            # a CPU dry run
 #
 # Every figure and the raw rows (JSON) are left in $OUT (default: a temporary folder).
 set -u
@@ -17,6 +18,8 @@ BATCHES=${BATCHES:-48 256}
 AUG_BATCH=${AUG_BATCH:-48}
 STEPS=${STEPS:-10}
 RUN_LIMIT=${RUN_LIMIT:-120}  # seconds per benchmark command
+COMPILE_LIMIT=${COMPILE_LIMIT:-80}  # seconds per torch.compile run (last, so a slow compiler costs only its row)
+COMPILE_BACKEND=${COMPILE_BACKEND:-inductor}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -24,10 +27,10 @@ started=$(date +%s)
 first_batch=${BATCHES%% *}
 
 bench_step() {  # name, then extra arguments of bench step
-    local name=$1
+    local name=$1 limit=${LIMIT:-$RUN_LIMIT}
     shift
     echo "== bench step $name: $*"
-    timeout "$RUN_LIMIT" "$PYTHON" -m clmr_ray.bench.step --preset "$PRESET" --device "$DEVICE" --steps "$STEPS" \
+    timeout "$limit" "$PYTHON" -m clmr_ray.bench.step --preset "$PRESET" --device "$DEVICE" --steps "$STEPS" \
         --json "$OUT/step_$name.json" "$@" 2>&1 | tee "$OUT/step_$name.txt" | grep -v '^\s*$'
 }
 
@@ -49,6 +52,10 @@ done
 echo "== bench augment --batch $AUG_BATCH"
 timeout "$RUN_LIMIT" "$PYTHON" -m clmr_ray.bench.augment --preset "$PRESET" --device "$DEVICE" --batch "$AUG_BATCH" \
     2>&1 | tee "$OUT/augment.txt"
+for fmt in audio spectrogram; do
+    LIMIT=$COMPILE_LIMIT bench_step "bf16_b${first_batch}_compiled.$fmt" --batch "$first_batch" --formats "$fmt" \
+        --compile "$COMPILE_BACKEND" --no-split
+done
 
 OUT="$OUT" FIRST_BATCH="$first_batch" BATCHES="$BATCHES" "$PYTHON" - <<'EOF'
 import json
@@ -72,6 +79,7 @@ def cell(r, flops=True):
 
 bf16, fp32 = rows(f"bf16_b{first}"), rows(f"fp32_b{first}")
 plain, det = rows(f"bf16_b{first}_plain"), rows(f"bf16_b{first}_deterministic")
+compiled = rows(f"bf16_b{first}_compiled")
 names = {"audio": "SampleCNN (audio, all its augs)", "spectrogram": "ResNet on log-mel (its augs)"}
 device = next((r.get("device_name") for r in [*bf16.values(), *fp32.values()]), "?")
 print(f"\n### Training step on {device}, preset {bf16.get('audio', {}).get('preset', '?')}, batch {first}\n")
@@ -94,10 +102,13 @@ for fmt, label in names.items():
         if r and "augment_ms" in r:
             print(f"| {label}, {precision} | {r['augment_ms']:.1f} ms | {r['encoder_ms']:.1f} ms | "
                   f"{r['loss_ms']:.2f} ms | {r['optimizer_ms']:.2f} ms | {r['augment_pct']:.0f} % |")
-print("\n| bf16 step | speed-ups on | all off (--without all) | deterministic algorithms |")
-print("|---|---|---|---|")
+print("\n| bf16 step | speed-ups on | all off (--without all) | deterministic algorithms | torch.compile |")
+print("|---|---|---|---|---|")
 for fmt, label in names.items():
+    c = compiled.get(fmt, {})
+    compile_cell = cell(c, False) + (f", compiled in {c['compile_s']:.0f} s" if "compile_s" in c else
+                                     f", {c['compile']}" if c else "")
     print(f"| {label} | {cell(bf16.get(fmt), False)} | {cell(plain.get(fmt), False)} | "
-          f"{cell(det.get(fmt), False)} |")
+          f"{cell(det.get(fmt), False)} | {compile_cell} |")
 EOF
 echo "figures and raw rows in $OUT; took $(( $(date +%s) - started )) s"

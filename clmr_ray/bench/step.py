@@ -18,6 +18,7 @@ import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,8 +46,13 @@ def peak_tflops(device: torch.device) -> float | None:
 
 def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch: int | None = None,
             steps: int = 5, warmup: int = 2, amp: bool | None = None, count_flops: bool | None = None,
-            without: tuple[str, ...] = (), split: bool = True, peak: float | None = None) -> dict:
-    """One row: step time, crops/s, the split of one step and (CUDA by default) TFLOP/s of `fmt`'s step."""
+            without: tuple[str, ...] = (), split: bool = True, peak: float | None = None,
+            compile_backend: str | Callable | None = None) -> dict:
+    """One row: step time, crops/s, the split of one step and (CUDA by default) TFLOP/s of `fmt`'s step.
+
+    compile_backend: run the encoder through torch.compile with that backend ("inductor" for real
+    kernels); the first step's time is reported as compile_s. If compiling fails the row says so
+    and the step runs uncompiled."""
     spec = load_preset(preset)
     dev = torch.device(device)
     p = spec.pretrain
@@ -66,6 +72,17 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
         return train_step(model, crops, optimizer, temperature=p.temperature, generator=generator, amp=amp,
                           grad_clip=p.grad_clip)
 
+    encoder, compiled = model.encoders[fmt], {}
+    if compile_backend:
+        model.encoders[fmt] = torch.compile(encoder, backend=compile_backend)
+        start = time.perf_counter()
+        try:
+            step()
+            sync(dev)
+            compiled = {"compile": compile_backend, "compile_s": time.perf_counter() - start}
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: measure the plain step instead
+            model.encoders[fmt] = encoder
+            compiled = {"compile": f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"}
     for _ in range(warmup):
         step()
     sync(dev)
@@ -79,12 +96,13 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
            "deterministic": torch.are_deterministic_algorithms_enabled(),
            "speedups": ",".join(n for n in Speedups.names() if getattr(speed, n) and n != "prefetch") or "none",
            "params_m": sum(x.numel() for x in model.encoders[fmt].parameters()) / 1e6,
-           "step_ms": seconds * 1e3, "crops_per_s": batch / seconds}
+           "step_ms": seconds * 1e3, "crops_per_s": batch / seconds, **compiled}
     if split:
         row.update(split_step(model, crops, optimizer, generator, amp, p.temperature, p.grad_clip, steps))
     if count_flops if count_flops is not None else dev.type == "cuda":
         from torch.utils.flop_counter import FlopCounterMode
 
+        model.encoders[fmt] = encoder  # count the plain module's operations
         with FlopCounterMode(display=False) as counter:
             step()
         row["gflop_per_step"] = counter.get_total_flops() / 1e9
@@ -141,7 +159,8 @@ def split_step(model: ContrastiveModel, crops: CropBatch, optimizer, generator, 
 
 
 def format_table(rows: list[dict]) -> str:
-    columns = ["format", "encoder", "device", "batch", "amp", "deterministic", "speedups", "step_ms", "crops_per_s",
+    columns = ["format", "encoder", "device", "batch", "amp", "deterministic", "speedups", "compile", "compile_s",
+               "step_ms", "crops_per_s",
                "augment_ms", "encoder_ms", "loss_ms", "optimizer_ms", "augment_pct", "gflop_per_step", "tflop_per_s",
                "peak_share_pct", "peak_mem_gib"]
     columns = [c for c in columns if any(c in r for r in rows)]
@@ -180,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deterministic", action="store_true",
                         help="torch's deterministic algorithms, as scaling.deterministic sets them")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="torch.compile the encoder (default backend: inductor); reports the compile time")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
@@ -210,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--formats: unknown format '{fmt}' (choose audio, spectrogram)")
     rows = run(args.preset, args.device, formats, batch=args.batch, steps=args.steps, warmup=args.warmup,
                amp=False if args.no_amp else None, count_flops=True if args.flops else None, without=without,
-               split=not args.no_split, peak=args.peak_tflops)
+               split=not args.no_split, peak=args.peak_tflops, compile_backend=args.compile)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(f"training step, preset {args.preset}, {device}, {torch.get_num_threads()} CPU threads")
     print(format_table(rows))

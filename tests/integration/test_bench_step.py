@@ -61,3 +61,19 @@ def test_benchmarks_import_nothing_a_bare_gpu_machine_lacks():
             "print(','.join(m for m in ('ray', 'optuna', 'soundfile') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_compiled_encoder_reports_its_compile_time_and_falls_back_when_compiling_fails():
+    def broken(graph_module, example_inputs):
+        raise RuntimeError("this backend makes no kernels")
+
+    try:
+        compiled = step.measure("tiny", "audio", "cpu", batch=2, steps=1, warmup=0, split=False,
+                                compile_backend="eager")
+        failed = step.measure("tiny", "audio", "cpu", batch=2, steps=1, warmup=0, split=False,
+                              compile_backend=broken)
+    finally:
+        torch._dynamo.reset()
+    assert compiled["compile"] == "eager" and compiled["compile_s"] > 0
+    assert failed["compile"].startswith("failed (") and "\n" not in failed["compile"]
+    assert failed["crops_per_s"] > 0
