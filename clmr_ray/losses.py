@@ -50,7 +50,11 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, *, gather:
     is_self = torch.zeros_like(logits, dtype=torch.bool)
     is_self[rows, self_col] = True
     logits = logits.masked_fill(is_self, torch.finfo(logits.dtype).min)  # exclude self, stays finite
-    return F.cross_entropy(logits, pos_col)
+    is_pos = torch.zeros_like(is_self)
+    is_pos[rows, pos_col] = True
+    # cross-entropy with the positive as target, written with a mask: F.cross_entropy's CUDA
+    # backward has no deterministic kernel, and scaling.deterministic must be able to train
+    return -logits.log_softmax(dim=1).masked_fill(~is_pos, 0.0).sum(dim=1).mean()
 
 
 def cross_format_nt_xent(z_audio: torch.Tensor, z_spec: torch.Tensor, temperature: float, *,

@@ -15,12 +15,21 @@ from clmr_ray.models import register_encoder
 RESNET_DIM = 512  # channels of the last BasicBlock stage
 
 
+class GlobalAvgPool2d(nn.Module):
+    """The mean over frequency and time. torchvision's AdaptiveAvgPool2d((1, 1)) computes the same,
+    but its CUDA backward has no deterministic kernel (scaling.deterministic refuses it)."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
 class SpectrogramResNet(nn.Module):
     """A torchvision ResNet with a 1-channel stem and no classifier: [B, 1, F, T] -> [B, out_dim]."""
 
     def __init__(self, net: ResNet, out_dim: int = RESNET_DIM):
         super().__init__()
         net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        net.avgpool = GlobalAvgPool2d()
         net.fc = nn.Identity()
         self.net = net
         self.fc = nn.Linear(RESNET_DIM, out_dim) if out_dim != RESNET_DIM else nn.Identity()

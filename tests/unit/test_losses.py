@@ -73,3 +73,21 @@ def test_bad_inputs_have_clear_errors():
         nt_xent(torch.randn(4, 8), torch.randn(4, 8), 0.0)
     with pytest.raises(ValueError, match="at least 2 pairs"):
         nt_xent(torch.randn(1, 8), torch.randn(1, 8), 0.5)
+
+
+def test_masked_cross_entropy_equals_torch_cross_entropy():
+    """NT-Xent's cross-entropy is written with a mask (F.cross_entropy's CUDA kernel refuses
+    deterministic mode); value and gradient are F.cross_entropy's."""
+    torch.manual_seed(3)
+    z_a, z_b = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
+    loss = nt_xent(z_a, z_b, 0.2)
+    loss.backward()
+    a, b = z_a.detach().clone().requires_grad_(), z_b.detach().clone().requires_grad_()
+    na, nb = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+    z = torch.cat([na, nb])
+    logits = (z @ z.T / 0.2).fill_diagonal_(torch.finfo(torch.float32).min)
+    ref = torch.nn.functional.cross_entropy(logits, torch.cat([torch.arange(6, 12), torch.arange(6)]))
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(z_a.grad, a.grad)
+    torch.testing.assert_close(z_b.grad, b.grad)

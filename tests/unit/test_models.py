@@ -142,3 +142,12 @@ def test_heads():
     with pytest.raises(SpecError) as exc:
         build_head("svm", 512, 10)
     assert "svm" in one_line(exc)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet10", "samplecnn"])
+def test_encoders_have_no_layer_that_refuses_deterministic_mode_on_cuda(name):
+    """torch raises in deterministic mode for these layers' CUDA backward (scaling.deterministic)."""
+    refused = (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d, torch.nn.AdaptiveAvgPool3d,
+               torch.nn.MaxPool3d, torch.nn.AvgPool3d, torch.nn.FractionalMaxPool2d, torch.nn.NLLLoss)
+    encoder = build_encoder(EncoderSpec(name=name, width=0.125), crop_samples=6561)
+    assert not [m for m in encoder.modules() if isinstance(m, refused)]
