@@ -14,7 +14,6 @@ The GPU speed-ups of clmr_ray/speedups.py are on as in training; --without turns
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import time
@@ -24,9 +23,10 @@ from pathlib import Path
 import torch
 
 from clmr_ray.bench.timing import sync
-from clmr_ray.config import ScalingSpec, SpecError
+from clmr_ray.config import SpecError
 from clmr_ray.config import preset as load_preset
 from clmr_ray.data.sampling import CropBatch
+from clmr_ray.machine import use_deterministic
 from clmr_ray.pretrain import ContrastiveModel, train_step
 from clmr_ray.speedups import Speedups
 
@@ -218,12 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         parser.error(f"--peak-tflops: must be > 0, got {args.peak_tflops}")
     if args.deterministic:
-        if "deterministic" not in {f.name for f in dataclasses.fields(ScalingSpec)}:
-            parser.error("--deterministic: this version has no scaling.deterministic")
-        try:
-            from clmr_ray.machine import use_deterministic
-        except ImportError:
-            parser.error("--deterministic: this version has no clmr_ray.machine.use_deterministic")
         use_deterministic(True)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     for fmt in formats:
