@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from . import metrics as M
-from .config import SpecError
+from .config import SpecError, load_yaml
 from .results import decode_array, machine_summary
 
 DEFAULT_FINDINGS = Path(__file__).resolve().parent.parent / "ablations" / "findings.yaml"
@@ -72,11 +71,7 @@ def load_claims(path: str | Path = DEFAULT_FINDINGS) -> list[Claim]:
     path = Path(path)
     if not path.is_file():
         raise FindingsError(f"{path}: findings file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise FindingsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return claims_from_dict(data, str(path))
+    return claims_from_dict(load_yaml(path), str(path))
 
 
 def claims_from_dict(data, where: str = "findings") -> list[Claim]:

@@ -11,7 +11,8 @@ ABLATIONS = Path(__file__).resolve().parents[2] / "ablations"
 
 
 @pytest.mark.parametrize("path", sorted(p for p in ABLATIONS.glob("*.yaml") if p.name != "findings.yaml")
-                         + sorted(ABLATIONS.glob("extras/*.yaml")),
+                         + sorted(ABLATIONS.glob("extras/*.yaml"))
+                         + sorted(p for p in ABLATIONS.glob("studies/*.yaml") if p.name != "findings.yaml"),
                          ids=lambda p: p.name)
 def test_every_shipped_ablation_loads_and_expands(path):
     ablation = load_ablation(path)
