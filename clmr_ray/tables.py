@@ -136,14 +136,17 @@ def plot_table(table: pd.DataFrame, path: Path, title: str) -> Path:
 
 def write_tables(records: pd.DataFrame, out_dir, tables: dict[str, str] | None = None,
                  metrics: list[str] | None = None) -> dict[str, dict[str, Path]]:
-    """Write <table>.parquet/.csv/.md/.png for each table (default: table1, table2 and any other
-    table present in the records); `tables` maps table name -> title. Returns the paths."""
+    """Write <table>.parquet/.csv/.md/.png for each table (default: every table present in the
+    records, table1 and table2 first); `tables` maps table name -> title. Returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = dict(tables or {"table1": "Table 1", "table2": "Table 2"})
-    if tables is None and not records.empty and "table" in records:
-        for name in records["table"].dropna().unique():
-            names.setdefault(str(name), str(name))
+    present = [str(t) for t in records["table"].dropna().unique()] if "table" in records else []
+    if tables is not None:
+        names = dict(tables)
+    else:  # both of the paper's tables when a record is from one of them (or none names a table), then the rest
+        paper = {"table1": "Table 1", "table2": "Table 2"}
+        names = paper if not present or set(paper) & set(present) else {}
+        names.update({t: t for t in present if t not in names})
     from .findings import TrackBootstrap
     from .results import machine_summary
 
