@@ -34,6 +34,10 @@ class SyntheticSpec:
     seed: int = 0
     tracks_per_label: int = 100  # GTZAN has ~100 per genre
     seconds: float = 30.0
+    # Level (dB re the music's RMS) of a per-track recording-chain fingerprint: mains hum and a steady
+    # whine, each at its own frequency per track, drawn independently of the genre (synthetic.py).
+    # None: no fingerprint. Left out of hashes while unset, so corpora and records without it keep theirs.
+    fingerprint_db: float | None = field(default=None, metadata={"hash": "if_set"})
 
 
 @dataclass
@@ -461,7 +465,8 @@ def _hashable(obj):
         return {
             f.name: _hashable(getattr(obj, f.name))
             for f in dataclasses.fields(obj)
-            if f.metadata.get("hash", True)
+            if f.metadata.get("hash", True) is True
+            or (f.metadata["hash"] == "if_set" and getattr(obj, f.name) != f.default)
         }
     if isinstance(obj, dict):
         return {str(k): _hashable(v) for k, v in obj.items()}

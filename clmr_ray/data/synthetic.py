@@ -9,6 +9,10 @@ instruments (harmonic profile, envelope, vibrato, distortion), note density and 
 with overlapping ranges and shared instruments so the task is not trivial. Each track also
 gets nuisances drawn independently of its genre: gain, EQ colour, transposition and a noise
 floor, the very factors the paper's augmentations (gain, filter, pitch, noise) randomise.
+Optionally (SyntheticSpec.fingerprint_db) a recording-chain fingerprint as well: mains hum
+(45-65 Hz and two harmonics) and a steady whine (15-45 % of the sample rate), each at its own
+frequency per track and constant through it: what two crops of one real recording share
+besides the music, and what random crops alone can match on.
 
 Every track is rendered by a top-level function from `np.random.default_rng([seed, label,
 index])`, so generation is byte-reproducible and `map_fn` may be a Ray-parallel map.
@@ -40,6 +44,7 @@ TAGS = (
     "electronic", "distorted", "slow", "fast", "calm", "energetic", "dark", "bright",
 )
 TAG_STREAM = 100  # rng label of the tag corpus (genres use 0..9)
+FINGERPRINT_STREAM = 7  # extra rng key of a track's fingerprint
 CORPUS_FILE = "corpus.json"
 TAG_AUDIO_FORMAT = "mp3"  # soundfile's LAME encoder: ~0.1 s per 30 s clip, works at 8 kHz
 
@@ -364,6 +369,7 @@ class TrackJob:
     index: int
     sample_rate: int
     seconds: float
+    fingerprint_db: float | None = None  # SyntheticSpec.fingerprint_db
 
 
 def _track_rngs(job: TrackJob) -> tuple[np.random.Generator, np.random.Generator]:
@@ -410,7 +416,31 @@ def _render(arr: Arrangement, nuisance: Nuisance, rng: np.random.Generator, nuis
     mix = np.zeros(n, dtype=np.float32)
     for audio, level in parts.values():
         mix += audio * np.float32(level * 10 ** (rng.uniform(-5, 5) / 20) / _rms(audio))
+    if job.fingerprint_db is not None:
+        mix += fingerprint(job, n) * np.float32(_rms(mix))
     return _apply_nuisance(mix, nuisance, nuisance_rng, sr)
+
+
+HUM_HZ = (45.0, 65.0)
+WHINE_FRACTION = (0.15, 0.45)  # of the sample rate
+
+
+def fingerprint_frequencies(job: TrackJob) -> tuple[float, float, np.ndarray]:
+    """(hum Hz, whine Hz, 4 phases) of a track, from their own random stream: the music and
+    nuisances of a track stay as they are with or without a fingerprint."""
+    rng = np.random.default_rng([job.seed, job.label, job.index, FINGERPRINT_STREAM])
+    hum, whine = rng.uniform(*HUM_HZ), rng.uniform(*WHINE_FRACTION) * job.sample_rate
+    return hum, whine, rng.uniform(0, 2 * np.pi, size=4)
+
+
+def fingerprint(job: TrackJob, n: int) -> np.ndarray:
+    """Hum (fundamental + 2 harmonics at -6 and -12 dB) and a whine, each at job.fingerprint_db
+    re unit RMS."""
+    hum, whine, phases = fingerprint_frequencies(job)
+    t = np.arange(n) / job.sample_rate
+    tone = sum(10 ** (-6 * k / 20) * np.sin(2 * np.pi * hum * (k + 1) * t + phases[k]) for k in range(3))
+    tone = tone / _rms(tone) + np.sin(2 * np.pi * whine * t + phases[3]) * np.sqrt(2)
+    return (tone * 10 ** (job.fingerprint_db / 20) / np.sqrt(2)).astype(np.float32)
 
 
 class _Grid:
@@ -666,7 +696,7 @@ def generate_genres(root: Path, spec: SyntheticSpec, sample_rate: int, map_fn: C
     root = Path(root).expanduser()
     params = _params("genres", spec, sample_rate, "wav")
     files = {
-        f"{genre}/{genre}.{i:05d}.wav": TrackJob(spec.seed, label, i, sample_rate, spec.seconds)
+        f"{genre}/{genre}.{i:05d}.wav": TrackJob(spec.seed, label, i, sample_rate, spec.seconds, spec.fingerprint_db)
         for label, genre in enumerate(GENRES)
         for i in range(spec.tracks_per_label)
     }
@@ -682,7 +712,8 @@ def generate_tags(root: Path, spec: SyntheticSpec, sample_rate: int, map_fn: Cal
     root = Path(root).expanduser()
     params = _params("tags", spec, sample_rate, TAG_AUDIO_FORMAT)
     n_clips = len(GENRES) * spec.tracks_per_label
-    files = {_clip_path(i): TrackJob(spec.seed, TAG_STREAM, i, sample_rate, spec.seconds) for i in range(n_clips)}
+    files = {_clip_path(i): TrackJob(spec.seed, TAG_STREAM, i, sample_rate, spec.seconds, spec.fingerprint_db)
+             for i in range(n_clips)}
     if _prepare_root(root, params, list(files) + [ANNOTATIONS]):
         return root
     _write_audio(root, files, _encode_tag, map_fn)
@@ -696,7 +727,8 @@ def _clip_path(index: int) -> str:
 
 def _params(kind: str, spec: SyntheticSpec, sample_rate: int, audio_format: str) -> dict:
     labels = list(GENRES) if kind == "genres" else list(TAGS)
-    return {"corpus": f"clmr-ray synthetic {kind}", "generator_version": GENERATOR_VERSION, **asdict(spec),
+    fields = {k: v for k, v in asdict(spec).items() if not (k == "fingerprint_db" and v is None)}  # as before it
+    return {"corpus": f"clmr-ray synthetic {kind}", "generator_version": GENERATOR_VERSION, **fields,
             "sample_rate": sample_rate, "audio_format": audio_format, "labels": labels}
 
 

@@ -163,3 +163,32 @@ def test_supervised_baseline_is_between_chance_and_perfect(corpus):
     print(f"log-mel logistic-regression baseline, {RATE} Hz, {SMALL.seconds:g} s, "
           f"{SMALL.tracks_per_label}/genre: test accuracy {result['test_acc']:.1%}")
     assert result["chance"] < result["test_acc"] < 0.95
+
+
+def test_fingerprint_is_off_by_default_and_leaves_hashes_and_corpus_params_unchanged():
+    from clmr_ray.config import SyntheticSpec, spec_hash
+    from clmr_ray.data.synthetic import _params
+
+    assert spec_hash(SyntheticSpec()) == "ae145283c138"  # as before the option existed
+    assert "fingerprint_db" not in _params("genres", SyntheticSpec(), 8000, "wav")
+    assert spec_hash(SyntheticSpec(fingerprint_db=-30.0)) != spec_hash(SyntheticSpec())
+
+
+def test_fingerprint_adds_a_per_track_hum_and_whine_and_nothing_else_changes():
+    from clmr_ray.data.synthetic import fingerprint_frequencies
+
+    plain = render_genre_track(TrackJob(0, 3, 1, RATE, 2.0))
+    job = TrackJob(0, 3, 1, RATE, 2.0, fingerprint_db=-25.0)
+    marked = render_genre_track(job)
+    hum, whine, _ = fingerprint_frequencies(job)
+    freqs = np.fft.rfftfreq(len(plain), 1 / RATE)
+
+    def level(x, f):  # magnitude at f relative to the median of the spectrum
+        spectrum = np.abs(np.fft.rfft(x))
+        return spectrum[np.argmin(np.abs(freqs - f))] / np.median(spectrum)
+
+    assert level(marked, whine) > 10 * level(plain, whine)
+    assert level(marked, hum) > level(plain, hum)  # the hum sits under the bass: weaker than the whine
+    other = fingerprint_frequencies(TrackJob(0, 3, 2, RATE, 2.0, fingerprint_db=-25.0))
+    assert abs(other[1] - whine) > 1.0  # each track its own whine
+    assert np.corrcoef(plain, marked)[0, 1] > 0.95  # the music is the same
