@@ -159,8 +159,9 @@ class TrackBootstrap:
         if kind == "acc":  # exact, and vectorised: accuracy is the mean of per-track hits
             hits = (scores.argmax(axis=1) == labels).astype(np.float64)
             return hits[idx].mean(axis=1)
-        score = M.mean_average_precision if kind == "map" else M.macro_roc_auc
-        return np.array([score(scores[i], labels[i]) for i in idx])
+        if kind == "map":
+            return M.resampled_mean_average_precision(scores, labels, idx)
+        return np.array([M.macro_roc_auc(scores[i], labels[i]) for i in idx])
 
     def _resamples(self, labels: np.ndarray) -> np.ndarray:
         key = hashlib.sha256(np.ascontiguousarray(labels).tobytes() + str(labels.shape).encode()).hexdigest()

@@ -82,6 +82,33 @@ def mean_average_precision(scores, labels) -> float:
     return _nanmean(per_class_average_precision(scores, labels))
 
 
+def resampled_mean_average_precision(scores, labels, indices: np.ndarray) -> np.ndarray:
+    """mean_average_precision(scores[i], labels[i]) for every row i of indices [B, n] at once
+    (a bootstrap over tracks): the same step-wise AP, tied scores one threshold, per class and row."""
+    scores, labels = _check(scores, labels)
+    targets = one_hot_targets(labels, scores.shape[1])
+    out = np.empty((indices.shape[0], scores.shape[1]))
+    ranks = np.arange(1, indices.shape[1] + 1)
+    for c in range(scores.shape[1]):
+        s = scores[indices, c].astype(np.float64)  # [B, n]
+        order = np.argsort(-s, axis=1, kind="stable")
+        s = np.take_along_axis(s, order, axis=1)
+        tp = np.cumsum(np.take_along_axis(targets[indices, c], order, axis=1), axis=1)
+        last_of_tie = np.ones_like(s, dtype=bool)
+        last_of_tie[:, :-1] = s[:, 1:] != s[:, :-1]
+        tp_at_ends = np.where(last_of_tie, tp, 0)
+        before = np.zeros_like(tp)
+        before[:, 1:] = np.maximum.accumulate(tp_at_ends, axis=1)[:, :-1]  # tp at the previous threshold
+        gain = np.where(last_of_tie, tp - before, 0)
+        n_pos = tp[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, c] = (gain * tp / ranks).sum(axis=1) / n_pos
+        out[n_pos == 0, c] = np.nan
+    with np.errstate(invalid="ignore"):
+        counts = (~np.isnan(out)).sum(axis=1)
+        return np.where(counts > 0, np.nansum(out, axis=1) / np.maximum(counts, 1), np.nan)
+
+
 def macro_roc_auc(scores, labels) -> float:
     """Macro one-vs-rest ROC-AUC over the classes with both positives and negatives."""
     scores, labels = _check(scores, labels)

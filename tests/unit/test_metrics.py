@@ -83,3 +83,16 @@ def test_random_cases_match_brute_force_definitions():
         hits = targets[order]
         precision_at_hits = np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)
         assert metrics.average_precision(distinct, targets) == pytest.approx(precision_at_hits.mean())
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_resampled_map_equals_map_of_each_resample(multilabel):
+    """The bootstrap's vectorised mAP: resampled tracks repeat (tied scores), rare classes vanish."""
+    rng = np.random.default_rng(0)
+    n, classes = 40, 6
+    scores = np.round(rng.random((n, classes)), 2)  # rounding makes ties inside a class too
+    labels = (rng.random((n, classes)) < 0.2).astype(float) if multilabel else rng.integers(0, classes, n)
+    indices = rng.integers(0, n, size=(50, n))
+    got = metrics.resampled_mean_average_precision(scores, labels, indices)
+    want = np.array([metrics.mean_average_precision(scores[i], labels[i]) for i in indices])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
