@@ -37,7 +37,6 @@ METRIC = re.compile(r"^(valid|test)_(acc|map|roc_auc)$")
 DEFAULT_METRICS = ("test_acc", "valid_map", "test_map")
 LEVEL = 0.95
 N_RESAMPLES = 1000
-VERDICTS = ("reproduced", "contradicted", "inconclusive")
 
 
 class FindingsError(SpecError):
@@ -119,16 +118,6 @@ def _did_you_mean(word: str, options) -> str:
 
 
 # ------------------------------------------------------------- per-run bootstrap
-
-
-@dataclass
-class Runs:
-    """The records of one row: their seeds, their metric values, and per-track predictions."""
-    records: pd.DataFrame
-
-    @property
-    def seeds(self) -> list[int]:
-        return [int(s) for s in self.records["seed"]]
 
 
 class TrackBootstrap:
