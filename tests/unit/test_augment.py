@@ -332,3 +332,15 @@ def test_audio_pipeline_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(*outs)
+
+
+@pytest.mark.parametrize(("n_fft", "length"), [(512, 59049), (256, 4000)])
+def test_frame_major_stft_and_its_inverse_are_torchs(n_fft, length):
+    x = 0.3 * torch.randn(3, length, generator=gen(5))
+    hop, window = n_fft // 4, torch.hann_window(n_fft)
+    spec = A.frame_stft(x, n_fft, hop, window)
+    reference = torch.stft(x, n_fft, hop, window=window, return_complex=True)
+    assert spec.is_contiguous() and torch.allclose(spec, reference.transpose(1, 2), atol=1e-5)
+    back = A.frame_istft(spec, hop, window, length)
+    assert torch.allclose(back, torch.istft(reference, n_fft, hop, window=window, length=length), atol=1e-6)
+    assert torch.allclose(back, x, atol=1e-5)
