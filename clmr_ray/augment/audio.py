@@ -8,6 +8,7 @@ noise they synthesise (drawn from `generator`), lengths unchanged. The pipeline
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torchaudio.functional as AF
@@ -128,7 +129,8 @@ def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tens
     if method == "recursive":
         cutoff_hz = cutoff_hz.to(x.dtype).clamp(1.0, 0.45 * sample_rate)
         a, b = biquad_coefficients(cutoff_hz, highpass, sample_rate)
-        return AF.lfilter(x, a, b, clamp=False, batching=True)
+        with _without_onednn():
+            return AF.lfilter(x, a, b, clamp=False, batching=True)
     # Coefficients and response in float64: near 1 Hz, B and A both almost vanish at DC.
     cutoff_hz = cutoff_hz.double().clamp(1.0, 0.45 * sample_rate)
     a, b = biquad_coefficients(cutoff_hz, highpass, sample_rate)
@@ -142,6 +144,18 @@ def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tens
     size = 1 << (length + tail - 1).bit_length()  # a power of two: fast on every FFT backend
     response = biquad_response(a, b, size).to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
     return torch.fft.irfft(torch.fft.rfft(x, size) * response, size)[..., :length]
+
+
+@contextmanager
+def _without_onednn():
+    """ATen's own convolution instead of oneDNN's. lfilter's FIR part is a grouped conv1d, one 3-tap
+    kernel per row over the whole crop, and oneDNN's kernel for it is ~3x slower on a CPU (6 rows of
+    59,049 samples: 4.8 vs 1.4 ms on 2 cores); the results agree to float rounding."""
+    before = torch.backends.mkldnn.set_flags(False, None, None, None)
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.set_flags(before[0], None, None, None)
 
 
 def add_delay(x: torch.Tensor, delay_samples: torch.Tensor, volume: float | torch.Tensor) -> torch.Tensor:
