@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder or URI for the files (default: the sweep folder)")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("bench", help="benchmarks that print figures (augment, step, scaling)")
-    p.add_argument("what", choices=["augment", "step", "scaling"])
+    p = sub.add_parser("bench", help="benchmarks that print figures (augment, step, epoch, scaling)")
+    p.add_argument("what", choices=["augment", "step", "epoch", "scaling"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the benchmark (see its --help)")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -455,6 +455,8 @@ def cmd_bench(args) -> int:
         from clmr_ray.bench import augment as bench
     elif args.what == "step":
         from clmr_ray.bench import step as bench
+    elif args.what == "epoch":
+        from clmr_ray.bench import epoch as bench
     else:
         from clmr_ray.bench import scaling as bench
     status = bench.main(args.rest)
