@@ -7,8 +7,15 @@ import pytest
 
 from clmr_ray import TRAINING_CODE_VERSION, config
 from clmr_ray.experiment import ExperimentResult
-from clmr_ray.results import (existing_run_ids, flatten, machine_summary, read_records, record_paths,
-                              run_record, write_record)
+from clmr_ray.results import (
+    existing_run_ids,
+    flatten,
+    machine_summary,
+    read_records,
+    record_paths,
+    run_record,
+    write_record,
+)
 
 
 def _result(acc: float) -> ExperimentResult:
