@@ -187,7 +187,8 @@ def _add_ablation_args(p: argparse.ArgumentParser, default_results: str = "resul
     p.add_argument("--results", default=os.environ.get("CLMR_RAY_STORAGE") or default_results,
                    help="results folder or filesystem URI (file://..., s3://bucket/prefix): runs/, tables, Tune "
                    f"state (default: $CLMR_RAY_STORAGE, else {default_results})")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the file's)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="seeds to run (default: 0 1 2 at preset demo, else the file's)")
     p.add_argument("--gtzan-root", help="GTZAN folder or URI (s3://...: each node mirrors it) for the real-data "
                    "presets (or $GTZAN_ROOT)")
     p.add_argument("--mtat-root", help="MagnaTagATune folder or URI for the real-data presets (or $MTAT_ROOT)")
