@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Issue 11's GPU figures in one run (<= 5 min on an H100/H200): the training step of both encoders
 # (bf16 and fp32, batch 48 and 256, with and without the speed-ups, deterministic algorithms, torch.compile),
-# the augmentation throughput, then the issue's table. Needs torch, torchaudio, torchvision, numpy,
-# pyarrow and yaml; installs nothing (no Ray, Optuna or soundfile: the benchmarks do not import them).
+# the augmentation throughput, a whole epoch against the step, then the issue's table. Needs torch,
+# torchaudio, torchvision, numpy, pyarrow and yaml; installs nothing (no Ray, Optuna or soundfile: the benchmarks do not import them).
 #
 #   bash benchmarks/gpu_step.sh                              # on the GPU machine, in the repository root
-#   PRESET=tiny DEVICE=cpu BATCHES="4 8" AUG_BATCH=4 STEPS=1 COMPILE_BACKEND=eager bash benchmarks/gpu_step.sh
+#   PRESET=tiny DEVICE=cpu BATCHES="4 8" AUG_BATCH=4 STEPS=1 EPOCH_TRACKS=16 COMPILE_BACKEND=eager bash benchmarks/gpu_step.sh
 #                                                            # a CPU dry run
 #
 # Every figure and the raw rows (JSON) are left in $OUT (default: a temporary folder).
@@ -52,6 +52,9 @@ done
 echo "== bench augment --batch $AUG_BATCH"
 timeout "$RUN_LIMIT" "$PYTHON" -m clmr_ray.bench.augment --preset "$PRESET" --device "$DEVICE" --batch "$AUG_BATCH" \
     2>&1 | tee "$OUT/augment.txt"
+echo "== bench epoch (a real pretraining epoch against the step)"
+timeout "$RUN_LIMIT" "$PYTHON" -m clmr_ray.bench.epoch --preset "$PRESET" --device "$DEVICE" --json "$OUT/epoch.json" \
+    ${EPOCH_TRACKS:+--tracks "$EPOCH_TRACKS"} 2>&1 | tee "$OUT/epoch.txt"
 for fmt in audio spectrogram; do
     LIMIT=$COMPILE_LIMIT bench_step "bf16_b${first_batch}_compiled.$fmt" --batch "$first_batch" --formats "$fmt" \
         --compile "$COMPILE_BACKEND" --no-split
@@ -110,5 +113,12 @@ for fmt, label in names.items():
                                      f", {c['compile']}" if c else "")
     print(f"| {label} | {cell(bf16.get(fmt), False)} | {cell(plain.get(fmt), False)} | "
           f"{cell(det.get(fmt), False)} | {compile_cell} |")
+epoch_path = out / "epoch.json"
+if epoch_path.exists():
+    print("\n| a whole epoch (bench epoch) | crops/s | bench step's crops/s | share |")
+    print("|---|---|---|---|")
+    for r in json.loads(epoch_path.read_text()):
+        print(f"| {names[r['format']]}, {r['tracks']} tracks, {r['steps_per_epoch']} steps | "
+              f"{r['epoch_crops_per_s']:.0f} | {r['step_crops_per_s']:.0f} | {r['epoch_share_pct']:.0f} % |")
 EOF
 echo "figures and raw rows in $OUT; took $(( $(date +%s) - started )) s"

@@ -1,3 +1,9 @@
 """clmr-ray: multi-format contrastive learning for music genre classification, on Ray."""
 
 __version__ = "0.1.0"
+
+# What the code makes of one spec and seed. Bump it with any change that alters what pretraining
+# computes (augmentations, encoders, loss, the loop): encoder keys include it, so encoders stored by
+# an older version are trained anew instead of reused, and every record says which version made it.
+# 1: up to 2026-11-26; 2: the CPU pitch shift's phases summed in turns, its STFT frame-major.
+TRAINING_CODE_VERSION = 2

@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder or URI for the files (default: the sweep folder)")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("bench", help="benchmarks that print figures (augment, step, scaling)")
-    p.add_argument("what", choices=["augment", "step", "scaling"])
+    p = sub.add_parser("bench", help="benchmarks that print figures (augment, step, epoch, scaling)")
+    p.add_argument("what", choices=["augment", "step", "epoch", "scaling"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the benchmark (see its --help)")
     p.set_defaults(func=cmd_bench)
     return parser
@@ -187,7 +187,8 @@ def _add_ablation_args(p: argparse.ArgumentParser, default_results: str = "resul
     p.add_argument("--results", default=os.environ.get("CLMR_RAY_STORAGE") or default_results,
                    help="results folder or filesystem URI (file://..., s3://bucket/prefix): runs/, tables, Tune "
                    f"state (default: $CLMR_RAY_STORAGE, else {default_results})")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the file's)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="seeds to run (default: 0 1 2 at preset demo, else the file's)")
     p.add_argument("--gtzan-root", help="GTZAN folder or URI (s3://...: each node mirrors it) for the real-data "
                    "presets (or $GTZAN_ROOT)")
     p.add_argument("--mtat-root", help="MagnaTagATune folder or URI for the real-data presets (or $MTAT_ROOT)")
@@ -455,6 +456,8 @@ def cmd_bench(args) -> int:
         from clmr_ray.bench import augment as bench
     elif args.what == "step":
         from clmr_ray.bench import step as bench
+    elif args.what == "epoch":
+        from clmr_ray.bench import epoch as bench
     else:
         from clmr_ray.bench import scaling as bench
     status = bench.main(args.rest)

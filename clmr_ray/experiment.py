@@ -1,8 +1,8 @@
 """One experiment end to end in plain torch: data -> pretrain each encoder -> evaluate.
 
 Pretrained encoders are content-addressed: `encoder_key` hashes exactly what determines an
-encoder (its pretraining data, its pipeline, the pretraining spec and the seed; not the
-evaluation, the scaling or any path), so Table 2's "both" row reuses the two encoders Table 1
+encoder (its pretraining data, its pipeline, the pretraining spec, the seed and the version of
+the training code; not the evaluation, the scaling or any path), so Table 2's "both" row reuses the two encoders Table 1
 already trained. The Ray layer swaps `pretrain_fn` for a distributed one; nothing here imports Ray.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import machine, safe_files, storage
+from . import TRAINING_CODE_VERSION, machine, safe_files, storage
 from .config import DataSpec, ExperimentSpec, spec_hash
 from .data import cache as crop_cache
 from .data import mirror, registry
@@ -37,9 +37,11 @@ def pretrain_units(spec: ExperimentSpec) -> tuple[str, ...]:
 
 
 def encoder_key(spec: ExperimentSpec, unit: str) -> str:
-    """Content hash of everything that determines the encoder(s) of one pretraining unit."""
+    """Content hash of everything that determines the encoder(s) of one pretraining unit, the
+    version of the training code included."""
     formats = FORMATS[unit]
     return f"{unit}-" + spec_hash({
+        "training_code_version": TRAINING_CODE_VERSION,
         "unit": unit,
         "data": spec.pretrain_data or spec.data,
         "pipelines": {f: getattr(spec, f) for f in formats},

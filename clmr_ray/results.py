@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, machine, storage
+from . import TRAINING_CODE_VERSION, __version__, machine, storage
 from .config import ExperimentSpec, spec_hash, to_dict
 
 RECORD_SUFFIX = ".parquet"
@@ -61,6 +61,7 @@ def run_record(spec: ExperimentSpec, result, *, run_id: str, table: str | None =
         "trained": json.dumps(result.trained),
         "reused": json.dumps(result.reused),
         "encoder_sha256": json.dumps(getattr(result, "encoder_sha256", {}), sort_keys=True),  # unit -> file hash
+        "training_code_version": TRAINING_CODE_VERSION,
     }
     record.update({k: _scalar(v) for k, v in result.metrics.items()})
     for split, predictions in getattr(result, "predictions", {}).items():
@@ -152,12 +153,16 @@ def provenance() -> dict:
 
 def machine_summary(records: pd.DataFrame) -> list[str]:
     """One line per kind of machine the records came from (CPU model, the capability torch
-    dispatched to, threads, kernel pins, GPU) and how many runs each made."""
+    dispatched to, threads, kernel pins, GPU) and version of the training code, and how many runs
+    each made."""
     if records.empty:
         return []
     columns = [c for c in ("cpu_model", "cpu_capability", "torch_threads", "cpu_pins", "gpu_name") if c in records]
     if not columns:
         return [f"{len(records)} runs from machines not recorded (records older than the provenance columns)"]
+    records = records.assign(training_code_version=records.get("training_code_version", pd.Series(
+        1, index=records.index)).fillna(1).astype(int))  # records without the column predate version 2
+    columns.append("training_code_version")
     known = records[columns].map(lambda v: "" if pd.isna(v) else str(v))
     lines = []
     for values, group in known.groupby(columns, sort=True):
@@ -165,7 +170,8 @@ def machine_summary(records: pd.DataFrame) -> list[str]:
         pins = f", pinned {m['cpu_pins']}" if m.get("cpu_pins", "{}") not in ("", "{}") else ""
         gpu = f", GPU {m['gpu_name']}" if m.get("gpu_name") else ", no GPU"
         lines.append(f"{len(group)} runs on {m.get('cpu_model') or 'an unrecorded CPU'} (torch CPU capability "
-                     f"{m.get('cpu_capability') or '?'}, {m.get('torch_threads') or '?'} threads{pins}){gpu}")
+                     f"{m.get('cpu_capability') or '?'}, {m.get('torch_threads') or '?'} threads{pins}){gpu}, "
+                     f"training code v{m['training_code_version']}")
     return lines
 
 

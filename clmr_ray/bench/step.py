@@ -158,8 +158,8 @@ def split_step(model: ContrastiveModel, crops: CropBatch, optimizer, generator, 
     return out
 
 
-def format_table(rows: list[dict]) -> str:
-    columns = ["format", "encoder", "device", "batch", "amp", "deterministic", "speedups", "compile", "compile_s",
+def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    columns = columns or ["format", "encoder", "device", "batch", "amp", "deterministic", "speedups", "compile", "compile_s",
                "step_ms", "crops_per_s",
                "augment_ms", "encoder_ms", "loss_ms", "optimizer_ms", "augment_pct", "gflop_per_step", "tflop_per_s",
                "peak_share_pct", "peak_mem_gib"]

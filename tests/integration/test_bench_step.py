@@ -1,4 +1,4 @@
-"""The training-step benchmark runs end to end on CPU and prints its table."""
+"""The training-step and epoch benchmarks run end to end on CPU and print their tables."""
 
 import json
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from clmr_ray.bench import step
+from clmr_ray.bench import epoch, step
 
 
 def test_step_benchmark_measures_both_encoders(capsys):
@@ -52,7 +52,7 @@ def test_deterministic_flag_turns_on_deterministic_algorithms(capsys, tmp_path):
 
 def test_benchmarks_import_nothing_a_bare_gpu_machine_lacks():
     """The GPU machine has torch, torchaudio, torchvision, numpy, pandas, pyarrow and yaml only."""
-    code = ("import sys, clmr_ray.bench.step, clmr_ray.bench.augment; "
+    code = ("import sys, clmr_ray.bench.step, clmr_ray.bench.augment, clmr_ray.bench.epoch; "
             "print(','.join(m for m in ('ray', 'optuna', 'soundfile') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
@@ -72,3 +72,23 @@ def test_compiled_encoder_reports_its_compile_time_and_falls_back_when_compiling
     assert compiled["compile"] == "eager" and compiled["compile_s"] > 0
     assert failed["compile"].startswith("failed (") and "\n" not in failed["compile"]
     assert failed["crops_per_s"] > 0
+
+
+def test_epoch_benchmark_sets_a_real_epoch_beside_the_step(capsys, tmp_path):
+    split = epoch.noise_split(tracks=3, seconds=1.0, sample_rate=8000)
+    assert split.n_tracks == 3 and split.audio.dtype.name == "int16" and split.lengths.tolist() == [8000] * 3
+    out = tmp_path / "rows.json"
+    assert epoch.main(["--preset", "tiny", "--formats", "audio", "--tracks", "16", "--steps", "1",
+                       "--json", str(out)]) == 0
+    assert "epoch_share_pct" in capsys.readouterr().out
+    row = json.loads(out.read_text())[0]
+    assert row["tracks"] == 16 and row["steps_per_epoch"] == 2
+    assert row["epoch_crops_per_s"] > 0 and row["step_crops_per_s"] > 0
+    assert row["epoch_share_pct"] == pytest.approx(100 * row["epoch_crops_per_s"] / row["step_crops_per_s"])
+    for argv, message in ((["--preset", "huge"], "unknown preset 'huge'"),
+                          (["--formats", "image"], "unknown format 'image'"),
+                          (["--seconds", "0.1"], "--seconds: 0.1 s is shorter than one crop"),
+                          (["--tracks", "1"], "--tracks >= 2")):
+        with pytest.raises(SystemExit):
+            epoch.main(argv)
+        assert message in capsys.readouterr().err

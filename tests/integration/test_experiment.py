@@ -1,6 +1,6 @@
 """One experiment through the orchestration (and the CLI): data, pretraining, encoder reuse, evaluation."""
 
-from clmr_ray import config
+from clmr_ray import config, experiment
 from clmr_ray.cli import main
 from clmr_ray.experiment import EncoderStore, encoder_key, pretrain_units, run_experiment
 
@@ -55,3 +55,10 @@ def test_missing_gtzan_folder_fails_before_training(tmp_path, capsys):
                  "--set", f"data.root={missing}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("clmr-ray: error:") and str(missing) in err and "\n" not in err
+
+
+def test_encoders_of_an_older_training_code_are_not_reused(monkeypatch):
+    spec = config.preset("tiny")
+    current = encoder_key(spec, "audio")
+    monkeypatch.setattr(experiment, "TRAINING_CODE_VERSION", experiment.TRAINING_CODE_VERSION + 1)
+    assert encoder_key(spec, "audio") != current

@@ -18,7 +18,7 @@ def test_every_shipped_ablation_loads_and_expands(path):
     ablation = load_ablation(path)
     runs = expand(ablation, "tiny")
     assert len(runs) == len(ablation.rows) * len(ablation.seeds)
-    assert len(expand(ablation, "demo")) == len(ablation.rows) * 2  # the demo scale runs seeds 0 and 1
+    assert len(expand(ablation, "demo")) == len(ablation.rows) * 3  # the demo scale runs seeds 0, 1 and 2
     assert len({r.run_id for r in runs}) == len(runs)
 
 

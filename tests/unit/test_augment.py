@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torchaudio
 
 from clmr_ray.augment import AugmentPipeline
 from clmr_ray.augment import audio as A
@@ -332,3 +333,25 @@ def test_audio_pipeline_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(*outs)
+
+
+@pytest.mark.parametrize(("n_fft", "length"), [(512, 59049), (256, 4000)])
+def test_frame_major_stft_and_its_inverse_are_torchs(n_fft, length):
+    x = 0.3 * torch.randn(3, length, generator=gen(5))
+    hop, window = n_fft // 4, torch.hann_window(n_fft)
+    spec = A.frame_stft(x, n_fft, hop, window)
+    reference = torch.stft(x, n_fft, hop, window=window, return_complex=True)
+    assert spec.is_contiguous() and torch.allclose(spec, reference.transpose(1, 2), atol=1e-5)
+    back = A.frame_istft(spec, hop, window, length)
+    assert torch.allclose(back, torch.istft(reference, n_fft, hop, window=window, length=length), atol=1e-6)
+    assert torch.allclose(back, x, atol=1e-5)
+
+
+def test_recursive_filter_leaves_onednn_as_it_found_it():
+    x = 0.3 * torch.randn(2, 4000, generator=gen(6))
+    cutoff, highpass = torch.tensor([300.0, 2500.0]), torch.tensor([True, False])
+    assert torch.backends.mkldnn.enabled
+    y = A.biquad_filter(x, cutoff, highpass, SR, method="recursive")
+    assert torch.backends.mkldnn.enabled
+    a, b = A.biquad_coefficients(cutoff, highpass, SR)  # lfilter with oneDNN on, as by default
+    assert torch.allclose(y, torchaudio.functional.lfilter(x, a, b, clamp=False, batching=True), atol=1e-5)

@@ -5,9 +5,17 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from clmr_ray import config
+from clmr_ray import TRAINING_CODE_VERSION, config
 from clmr_ray.experiment import ExperimentResult
-from clmr_ray.results import existing_run_ids, flatten, read_records, record_paths, run_record, write_record
+from clmr_ray.results import (
+    existing_run_ids,
+    flatten,
+    machine_summary,
+    read_records,
+    record_paths,
+    run_record,
+    write_record,
+)
 
 
 def _result(acc: float) -> ExperimentResult:
@@ -56,3 +64,16 @@ def test_empty_or_missing_folder_reads_as_empty(tmp_path):
     assert read_records(tmp_path / "nothing").empty
     with pytest.raises(ValueError, match="run_id"):
         write_record({"run_id": "../escape"}, tmp_path)
+
+
+def test_records_say_which_training_code_made_them_and_summaries_count_each_version():
+    spec = config.preset("tiny")
+    new = run_record(spec, _result(0.25), run_id="new")
+    assert new["training_code_version"] == TRAINING_CODE_VERSION
+    old = {k: v for k, v in run_record(spec, _result(0.5), run_id="old").items() if k != "training_code_version"}
+    mixed = pd.DataFrame([new, new, old])
+    lines = machine_summary(mixed)
+    assert len(lines) == 2  # one machine, two code versions
+    assert any(line.startswith("2 runs on ") and line.endswith(f"training code v{TRAINING_CODE_VERSION}")
+               for line in lines)
+    assert any(line.startswith("1 runs on ") and line.endswith("training code v1") for line in lines)
