@@ -92,6 +92,8 @@ def test_ablation_records_reuse_tables_and_rerun(local_ray, ablation_file, tmp_p
 
 
 def test_killed_ablation_leaves_no_partial_record_and_rerun_completes(local_ray, ablation_file, tmp_path):
+    # 4 seeds, 8 runs: a tiny run takes about a second, so the kill lands while most are still to come
+    ablation_file.write_text(ABLATION.replace("seeds: [0, 1]", "seeds: [0, 1, 2, 3]"))
     results = tmp_path / "results"
     runs = results / "runs"
     env = {**os.environ, "RAY_ADDRESS": ""}
@@ -110,15 +112,15 @@ def test_killed_ablation_leaves_no_partial_record_and_rerun_completes(local_ray,
     first = record_paths(runs)
     for path in first:
         assert pq.read_table(path).num_rows == 1  # whatever is visible is whole
-    assert len(first) < 4
+    assert len(first) < 8
 
     # A Ray worker of the killed driver can outlive it by a moment and finish its record (whole,
     # written atomically): the re-run skips every record there is and runs the rest.
     outcome = run_ablation(load_ablation(ablation_file), "tiny", results_dir=results)
     assert not outcome.failed
-    assert len(outcome.skipped) >= len(first) and len(outcome.skipped) + len(outcome.finished) == 4
+    assert len(outcome.skipped) >= len(first) and len(outcome.skipped) + len(outcome.finished) == 8
     assert set(first) <= set(record_paths(runs))
-    assert len(read_records(runs)) == 4
+    assert len(read_records(runs)) == 8
 
 
 def test_bad_ablation_file_fails_before_ray(tmp_path):

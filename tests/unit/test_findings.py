@@ -105,7 +105,8 @@ def test_written_files_and_markdown(tmp_path):
 
 @pytest.mark.parametrize("findings, ablations", [
     ("findings.yaml", ["table1.yaml", "table2.yaml"]),
-    ("studies/findings.yaml", ["studies/audio_augmentations.yaml", "studies/fusion.yaml", "studies/fingerprint.yaml"]),
+    ("studies/findings.yaml", [f"studies/{name}.yaml" for name in (
+        "audio_augmentations", "fusion", "fingerprint", "fingerprint_strength", "fingerprint_escape", "crop_length")]),
 ])
 def test_shipped_claims_name_rows_of_the_shipped_ablations(findings, ablations):
     from clmr_ray.ablation_files import load_ablation
