@@ -19,6 +19,7 @@ GAPS = {  # claim id -> the condition it measures
     "long_clmr_p_vs_crop": "audio gap: CLMR's probabilities, 4x steps",
     "wide_long_all_vs_crop": "audio gap: SampleCNN width 1/2, 4x steps",
     "long_crops_all_vs_crop": "audio gap: 2.46 s crops, 1x steps",
+    "long_crops_long_all_vs_crop": "audio gap: 2.46 s crops, 4x steps",
     "fingerprint_long_all_vs_crop": "audio gap: fingerprint -30 dB, 4x steps",
     "fingerprint_m20_all_vs_crop": "audio gap: fingerprint -20 dB, 4x steps",
     "fingerprint_m10_all_vs_crop": "audio gap: fingerprint -10 dB, 4x steps",
