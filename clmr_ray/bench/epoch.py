@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clmr_ray.bench.step import format_table, measure
-from clmr_ray.config import SpecError
+from clmr_ray.bench.step import check_device_and_preset, format_table, measure, parse_formats
 from clmr_ray.config import preset as load_preset
 from clmr_ray.pretrain import TrainContext, pretrain
 
@@ -66,7 +65,7 @@ def measure_epoch(preset: str = "tiny", fmt: str = "audio", device: str = "cpu",
     step = measure(preset, fmt, device, steps=steps, split=False, count_flops=False)
     last = history[-1]
     return {"preset": preset, "format": fmt, "device": device, "batch": spec.pretrain.batch_size,
-            "tracks": tracks, "steps_per_epoch": tracks * spec.pretrain.crops_per_track // spec.pretrain.batch_size,
+            "tracks": tracks, "steps_per_epoch": round(last["crops_per_s"] * last["epoch_s"] / spec.pretrain.batch_size),
             "epoch_s": last["epoch_s"], "epoch_crops_per_s": last["crops_per_s"],
             "step_crops_per_s": step["crops_per_s"], "epoch_share_pct": 100 * last["crops_per_s"] / step["crops_per_s"]}
 
@@ -84,21 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="bench step's timed steps (default: 5)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    spec = check_device_and_preset(parser, args.device, args.preset)
     if args.epochs < 1 or args.steps < 1 or (args.tracks is not None and args.tracks < 2):
         parser.error("--epochs and --steps must be >= 1, --tracks >= 2")
-    try:
-        spec = load_preset(args.preset)
-    except SpecError as exc:
-        parser.error(str(exc))
     if args.seconds is not None and args.seconds * spec.data.sample_rate < spec.pretrain.crop_samples:
         parser.error(f"--seconds: {args.seconds} s is shorter than one crop "
                      f"({spec.pretrain.crop_samples} samples at {spec.data.sample_rate} Hz)")
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    for fmt in formats:
-        if fmt not in ("audio", "spectrogram"):
-            parser.error(f"--formats: unknown format '{fmt}' (choose audio, spectrogram)")
+    formats = parse_formats(parser, args.formats)
     rows = [measure_epoch(args.preset, fmt, args.device, args.epochs, args.tracks, args.seconds, args.steps)
             for fmt in formats]
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"

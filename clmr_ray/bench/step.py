@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from clmr_ray.bench.timing import sync
-from clmr_ray.config import SpecError
+from clmr_ray.config import ExperimentSpec, SpecError
 from clmr_ray.config import preset as load_preset
 from clmr_ray.data.sampling import CropBatch
 from clmr_ray.machine import use_deterministic
@@ -182,6 +182,25 @@ def run(preset: str = "tiny", device: str = "cpu", formats=("audio", "spectrogra
     return [measure(preset, fmt, device, **kwargs) for fmt in formats]
 
 
+def check_device_and_preset(parser: argparse.ArgumentParser, device: str, preset: str) -> ExperimentSpec:
+    """The preset's spec, or a one-line parser error for an unknown preset or a missing CUDA device."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {device}: CUDA is not available on this machine")
+    try:
+        return load_preset(preset)
+    except SpecError as exc:
+        parser.error(str(exc))
+
+
+def parse_formats(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """--formats "audio,spectrogram" -> ["audio", "spectrogram"], or a parser error naming the unknown one."""
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    for fmt in formats:
+        if fmt not in ("audio", "spectrogram"):
+            parser.error(f"--formats: unknown format '{fmt}' (choose audio, spectrogram)")
+    return formats
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clmr-ray bench step", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help="tiny, demo or paper (default: tiny)")
@@ -202,14 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                         help="torch.compile the encoder (default backend: inductor); reports the compile time")
     args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    check_device_and_preset(parser, args.device, args.preset)
     if args.steps < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 2):
         parser.error("--steps must be >= 1, --warmup >= 0 and --batch >= 2")
-    try:
-        load_preset(args.preset)
-    except SpecError as exc:
-        parser.error(str(exc))
     without = Speedups.names() if args.without == "all" else tuple(n for n in args.without.split(",") if n)
     try:
         Speedups().without(without)
@@ -219,10 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--peak-tflops: must be > 0, got {args.peak_tflops}")
     if args.deterministic:
         use_deterministic(True)
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    for fmt in formats:
-        if fmt not in ("audio", "spectrogram"):
-            parser.error(f"--formats: unknown format '{fmt}' (choose audio, spectrogram)")
+    formats = parse_formats(parser, args.formats)
     rows = run(args.preset, args.device, formats, batch=args.batch, steps=args.steps, warmup=args.warmup,
                amp=False if args.no_amp else None, count_flops=True if args.flops else None, without=without,
                split=not args.no_split, peak=args.peak_tflops, compile_backend=args.compile)
