@@ -8,7 +8,8 @@
 #   PRESET=tiny DEVICE=cpu BATCHES="4 8" AUG_BATCH=4 STEPS=1 EPOCH_TRACKS=16 COMPILE_BACKEND=eager bash benchmarks/gpu_step.sh
 #                                                            # a CPU dry run
 #
-# Every figure and the raw rows (JSON) are left in $OUT (default: a temporary folder).
+# Every figure and the raw rows (JSON) are left in $OUT (default: a temporary folder). DEADLINE (epoch
+# seconds) cuts each command short and skips those that would start in its last 20 s.
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -26,9 +27,15 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 started=$(date +%s)
 first_batch=${BATCHES%% *}
 
+left() {  # seconds until DEADLINE (epoch seconds; unset: no deadline)
+    if [ -n "${DEADLINE:-}" ]; then echo $(( DEADLINE - $(date +%s) )); else echo 100000; fi
+}
+
 bench_step() {  # name, then extra arguments of bench step
     local name=$1 limit=${LIMIT:-$RUN_LIMIT}
     shift
+    if [ "$(left)" -lt 20 ]; then echo "== bench step $name: skipped (DEADLINE)"; return; fi
+    [ "$(left)" -lt "$limit" ] && limit=$(left)
     echo "== bench step $name: $*"
     timeout "$limit" "$PYTHON" -m clmr_ray.bench.step --preset "$PRESET" --device "$DEVICE" --steps "$STEPS" \
         --json "$OUT/step_$name.json" "$@" 2>&1 | tee "$OUT/step_$name.txt" | grep -v '^\s*$'
@@ -44,17 +51,19 @@ for batch in $BATCHES; do
     if [ "$batch" = "$first_batch" ]; then
         bench_step "fp32_b$batch" --batch "$batch" --no-amp
         bench_step "bf16_b${batch}_plain" --batch "$batch" --without all --no-split
-        for fmt in audio spectrogram; do  # one process each: a failure under deterministic algorithms stays local
-            bench_step "bf16_b${batch}_deterministic.$fmt" --batch "$batch" --formats "$fmt" --deterministic --no-split
-        done
+        bench_step "bf16_b${batch}_nograph" --batch "$batch" --without cuda_graph --no-split
+        bench_step "bf16_b${batch}_no1dcl" --batch "$batch" --formats audio --without channels_last_1d --no-split
     fi
 done
 echo "== bench augment --batch $AUG_BATCH"
-timeout "$RUN_LIMIT" "$PYTHON" -m clmr_ray.bench.augment --preset "$PRESET" --device "$DEVICE" --batch "$AUG_BATCH" \
+timeout "$(( $(left) < RUN_LIMIT ? $(left) : RUN_LIMIT ))" "$PYTHON" -m clmr_ray.bench.augment --preset "$PRESET" --device "$DEVICE" --batch "$AUG_BATCH" \
     2>&1 | tee "$OUT/augment.txt"
 echo "== bench epoch (a real pretraining epoch against the step)"
-timeout "$RUN_LIMIT" "$PYTHON" -m clmr_ray.bench.epoch --preset "$PRESET" --device "$DEVICE" --json "$OUT/epoch.json" \
+timeout "$(( $(left) < RUN_LIMIT ? $(left) : RUN_LIMIT ))" "$PYTHON" -m clmr_ray.bench.epoch --preset "$PRESET" --device "$DEVICE" --json "$OUT/epoch.json" \
     ${EPOCH_TRACKS:+--tracks "$EPOCH_TRACKS"} 2>&1 | tee "$OUT/epoch.txt"
+for fmt in audio spectrogram; do  # one process each: a failure under deterministic algorithms stays local
+    bench_step "bf16_b${first_batch}_deterministic.$fmt" --batch "$first_batch" --formats "$fmt" --deterministic --no-split
+done
 for fmt in audio spectrogram; do
     LIMIT=$COMPILE_LIMIT bench_step "bf16_b${first_batch}_compiled.$fmt" --batch "$first_batch" --formats "$fmt" \
         --compile "$COMPILE_BACKEND" --no-split
@@ -82,6 +91,7 @@ def cell(r, flops=True):
 
 bf16, fp32 = rows(f"bf16_b{first}"), rows(f"fp32_b{first}")
 plain, det = rows(f"bf16_b{first}_plain"), rows(f"bf16_b{first}_deterministic")
+nograph, no1dcl = rows(f"bf16_b{first}_nograph"), rows(f"bf16_b{first}_no1dcl")
 compiled = rows(f"bf16_b{first}_compiled")
 names = {"audio": "SampleCNN (audio, all its augs)", "spectrogram": "ResNet on log-mel (its augs)"}
 device = next((r.get("device_name") for r in [*bf16.values(), *fp32.values()]), "?")
@@ -105,14 +115,17 @@ for fmt, label in names.items():
         if r and "augment_ms" in r:
             print(f"| {label}, {precision} | {r['augment_ms']:.1f} ms | {r['encoder_ms']:.1f} ms | "
                   f"{r['loss_ms']:.2f} ms | {r['optimizer_ms']:.2f} ms | {r['augment_pct']:.0f} % |")
-print("\n| bf16 step | speed-ups on | all off (--without all) | deterministic algorithms | torch.compile |")
-print("|---|---|---|---|---|")
+print("\n| bf16 step | speed-ups on | without cuda_graph | without channels_last_1d | all off (--without all) "
+      "| deterministic algorithms | torch.compile |")
+print("|---|---|---|---|---|---|---|")
 for fmt, label in names.items():
     c = compiled.get(fmt, {})
     compile_cell = cell(c, False) + (f", compiled in {c['compile_s']:.0f} s" if "compile_s" in c else
                                      f", {c['compile']}" if c else "")
-    print(f"| {label} | {cell(bf16.get(fmt), False)} | {cell(plain.get(fmt), False)} | "
-          f"{cell(det.get(fmt), False)} | {compile_cell} |")
+    graph = bf16.get(fmt, {}).get("cuda_graph")
+    print(f"| {label} | {cell(bf16.get(fmt), False)}{f' (graph {graph})' if graph else ''} | "
+          f"{cell(nograph.get(fmt), False)} | {cell(no1dcl.get(fmt), False) if fmt == 'audio' else ''} | "
+          f"{cell(plain.get(fmt), False)} | {cell(det.get(fmt), False)} | {compile_cell} |")
 epoch_path = out / "epoch.json"
 if epoch_path.exists():
     print("\n| a whole epoch (bench epoch) | crops/s | bench step's crops/s | share |")

@@ -46,12 +46,11 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, *, gather:
     local = torch.arange(n, device=z_a.device) + rank * n
     self_col = torch.cat([local, local + total])
     pos_col = torch.cat([local + total, local])
-    rows = torch.arange(2 * n, device=z_a.device)
-    is_self = torch.zeros_like(logits, dtype=torch.bool)
-    is_self[rows, self_col] = True
+    # masks by comparison, not by assigning True: that copies a CPU scalar, which a CUDA graph cannot hold
+    columns = torch.arange(logits.shape[1], device=z_a.device)
+    is_self = columns == self_col.unsqueeze(1)
     logits = logits.masked_fill(is_self, torch.finfo(logits.dtype).min)  # exclude self, stays finite
-    is_pos = torch.zeros_like(is_self)
-    is_pos[rows, pos_col] = True
+    is_pos = columns == pos_col.unsqueeze(1)
     # cross-entropy with the positive as target, written with a mask: F.cross_entropy's CUDA
     # backward has no deterministic kernel, and scaling.deterministic must be able to train
     return -logits.log_softmax(dim=1).masked_fill(~is_pos, 0.0).sum(dim=1).mean()

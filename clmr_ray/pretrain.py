@@ -127,17 +127,27 @@ def train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer, *, tem
     on the device: reading it (float(loss)) waits for the GPU, so the loop does it once per epoch.
 
     `model` is a ContrastiveModel, possibly wrapped (DDP): the loss is taken from the inner one."""
-    inner = _unwrap(model)
-    views = batch.audio.to(_device_of(inner), non_blocking=True)
-    z_a, z_b = model(views, generator, amp)
-    loss = inner.loss(z_a, z_b, temperature, gather)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    loss = forward_backward(model, batch.audio, temperature=temperature, generator=generator, gather=gather, amp=amp,
+                            grad_clip=grad_clip)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
+    return loss
+
+
+def forward_backward(model: nn.Module, views: torch.Tensor, *, temperature: float,
+                     generator: torch.Generator | None = None, gather: bool = False, amp: bool = False,
+                     grad_clip: float | None = None) -> torch.Tensor:
+    """The part of train_step before the optimiser: augment, encode, NT-Xent, backward, clip.
+    Gradients are accumulated into .grad; returns the loss, detached."""
+    inner = _unwrap(model)
+    views = views.to(_device_of(inner), non_blocking=True)
+    z_a, z_b = model(views, generator, amp)
+    loss = inner.loss(z_a, z_b, temperature, gather)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     return loss.detach()
 
 
@@ -269,6 +279,8 @@ def pretrain(spec: ExperimentSpec, fmt: str, train_split, valid_split, ctx: Trai
         start_epoch, history, best, stopped_early = _restore(ctx.resume_state, spec, fmt, model, optimizer,
                                                              scheduler)
     trained = ctx.wrap_model(model)
+    step = speed.step(trained, optimizer, temperature=p.temperature, generator=generator, gather=gather, amp=p.amp,
+                      grad_clip=p.grad_clip, scheduler=scheduler)
 
     last_epoch = start_epoch - 1 if stopped_early else p.epochs  # a finished run resumes to its end
     for epoch in range(start_epoch, last_epoch + 1):
@@ -277,8 +289,7 @@ def pretrain(spec: ExperimentSpec, fmt: str, train_split, valid_split, ctx: Trai
         trained.train()
         start, losses = time.perf_counter(), []
         for batch in speed.batches(train_sampler, device):
-            losses.append(train_step(trained, batch, optimizer, temperature=p.temperature, generator=generator,
-                                     gather=gather, amp=p.amp, grad_clip=p.grad_clip, scheduler=scheduler))
+            losses.append(step(batch))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start

@@ -2,10 +2,11 @@
 
     speed = Speedups.for_device(device)            # what is on for this device
     speed.apply_backend()                          # cuDNN autotuning (process-wide)
-    model = speed.prepare_model(model)             # channels-last 2-D convolutions
+    model = speed.prepare_model(model)             # channels-last convolutions (2-D, and SampleCNN's 1-D)
     optimizer = speed.adam(model.parameters(), lr=1e-3, weight_decay=0.0)
+    step = speed.step(model, optimizer, temperature=0.1, generator=g, amp=True, grad_clip=None)
     for batch in speed.batches(sampler, device):   # the next batch sampled and pinned meanwhile
-        ...
+        loss = step(batch)                         # replayed as one CUDA graph after a few steps
 
 Each one keeps the gradients: tests/unit/test_speedups.py runs a few optimiser steps with and
 without it on CPU and compares the parameters. bench step (--without NAME) measures each on a GPU.
@@ -13,9 +14,10 @@ without it on CPU and compares the parameters. bench step (--without NAME) measu
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -28,8 +30,10 @@ from .data.sampling import CropBatch
 class Speedups:
     fused_adam: bool = False  # the whole Adam update in one kernel instead of a few per parameter
     channels_last: bool = False  # NHWC 2-D convolutions: the tensor cores' native layout
+    channels_last_1d: bool = False  # SampleCNN's 1-D convolutions as 1 x k 2-D ones in NHWC (same weights)
     cudnn_benchmark: bool = False  # cuDNN times its convolution algorithms once per shape
     prefetch: bool = False  # crops for the next step are sampled and pinned in a background thread
+    cuda_graph: bool = False  # augmentation, forward, loss and backward of a step replayed as one CUDA graph
 
     @classmethod
     def for_device(cls, device: torch.device | str, deterministic: bool | None = None) -> Speedups:
@@ -39,7 +43,8 @@ class Speedups:
             return cls()
         if deterministic is None:
             deterministic = torch.are_deterministic_algorithms_enabled()
-        return cls(fused_adam=True, channels_last=True, cudnn_benchmark=not deterministic, prefetch=True)
+        return cls(fused_adam=True, channels_last=True, channels_last_1d=True, cudnn_benchmark=not deterministic,
+                   prefetch=True, cuda_graph=True)
 
     @staticmethod
     def names() -> tuple[str, ...]:
@@ -58,8 +63,13 @@ class Speedups:
             torch.backends.cudnn.benchmark = True
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
+        from .models.samplecnn import SampleCNN
+
         if self.channels_last:  # only 4-D tensors change layout: 1-D convolutions are left alone
             model = model.to(memory_format=torch.channels_last)
+        for module in model.modules():
+            if isinstance(module, SampleCNN):
+                module.channels_last = self.channels_last_1d
         return model
 
     def adam(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -67,6 +77,17 @@ class Speedups:
 
     def batches(self, sampler: Iterable[CropBatch], device: torch.device | str) -> Iterable[CropBatch]:
         return Prefetch(sampler, device) if self.prefetch else sampler
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, **step_args) -> Callable[[CropBatch], torch.Tensor]:
+        """The training step: pretrain.train_step(model, batch, optimizer, **step_args), or with
+        cuda_graph on a CUDA device (and a model not wrapped for DDP) a GraphedStep of it."""
+        from .graphed_step import GraphedStep
+        from .pretrain import train_step
+
+        device = next(model.parameters()).device
+        if self.cuda_graph and device.type == "cuda" and not hasattr(model, "module"):
+            return GraphedStep(model, optimizer, **step_args)
+        return functools.partial(train_step, model, optimizer=optimizer, **step_args)
 
 
 class Prefetch:

@@ -314,7 +314,7 @@ def _compression_gain(ratio: torch.Tensor, n_fft: int) -> torch.Tensor:
     t = (torch.arange(4 * n_fft, device=ratio.device, dtype=torch.float64) + 0.5) / (4 * n_fft) - 0.5
 
     def hann(u):
-        return torch.where(u.abs() < 0.5, 0.5 + 0.5 * torch.cos(2 * math.pi * u), torch.zeros((), dtype=u.dtype))
+        return torch.where(u.abs() < 0.5, 0.5 + 0.5 * torch.cos(2 * math.pi * u), u.new_zeros(()))
 
     r = ratio.double().unsqueeze(-1)
     return ((r * hann(r * t) * hann(t)).sum(-1) / hann(t).pow(2).sum()).to(ratio.dtype)

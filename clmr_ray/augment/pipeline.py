@@ -77,7 +77,7 @@ class AugmentPipeline(nn.Module):
 
     def _waveform_aug(self, name, aug, x, selected, g, others):
         n, sr, device = x.shape[0], self.sample_rate, x.device
-        never = torch.tensor(float("inf"), device=device)  # the SNR of "add nothing"
+        never = torch.full((), float("inf"), device=device)  # the SNR of "add nothing" (a kernel, no copy: CUDA graphs)
         if name == "polarity":
             return A.invert_polarity(x, selected)
         if name == "noise":

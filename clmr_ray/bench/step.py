@@ -9,6 +9,8 @@ On CUDA the FLOPs of one step are counted with torch.utils.flop_counter (matmuls
 convolutions, forward and backward; the STFT and the augmentations are not counted), divided
 by the step time and by the card's dense bf16 peak (datasheet, by name; --peak-tflops to set it).
 The GPU speed-ups of clmr_ray/speedups.py are on as in training; --without turns some off.
+With cuda_graph (on for CUDA) the timed steps are replays of the captured step (the row's
+cuda_graph column says whether capture worked); the split and the FLOP count run eager steps.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from clmr_ray.bench.timing import sync
 from clmr_ray.config import ExperimentSpec, SpecError
 from clmr_ray.config import preset as load_preset
 from clmr_ray.data.sampling import CropBatch
+from clmr_ray.graphed_step import GraphedStep
 from clmr_ray.machine import use_deterministic
 from clmr_ray.pretrain import ContrastiveModel, train_step
 from clmr_ray.speedups import Speedups
@@ -67,10 +70,11 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
     audio = 0.1 * torch.randn(batch, 2, p.crop_samples, generator=torch.Generator().manual_seed(0))
     crops = CropBatch(audio.to(dev), torch.arange(batch))
     generator = torch.Generator(device=dev).manual_seed(0)
+    step_args = {"temperature": p.temperature, "generator": generator, "amp": amp, "grad_clip": p.grad_clip}
+    train = speed.step(model, optimizer, **step_args)  # what pretrain runs: a GraphedStep with cuda_graph
 
     def step() -> torch.Tensor:
-        return train_step(model, crops, optimizer, temperature=p.temperature, generator=generator, amp=amp,
-                          grad_clip=p.grad_clip)
+        return train(crops)
 
     encoder, compiled = model.encoders[fmt], {}
     if compile_backend:
@@ -83,6 +87,8 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
         except Exception as exc:  # noqa: BLE001 - any compiler failure: measure the plain step instead
             model.encoders[fmt] = encoder
             compiled = {"compile": f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"}
+    if isinstance(train, GraphedStep):  # the capture happens after its eager warm-up steps, not in the timing
+        warmup = max(warmup, train.warmup + 1 - train.eager_steps)
     for _ in range(warmup):
         step()
     sync(dev)
@@ -97,14 +103,16 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
            "speedups": ",".join(n for n in Speedups.names() if getattr(speed, n) and n != "prefetch") or "none",
            "params_m": sum(x.numel() for x in model.encoders[fmt].parameters()) / 1e6,
            "step_ms": seconds * 1e3, "crops_per_s": batch / seconds, **compiled}
+    if isinstance(train, GraphedStep):
+        row["cuda_graph"] = train.status
     if split:
         row.update(split_step(model, crops, optimizer, generator, amp, p.temperature, p.grad_clip, steps))
     if count_flops if count_flops is not None else dev.type == "cuda":
         from torch.utils.flop_counter import FlopCounterMode
 
-        model.encoders[fmt] = encoder  # count the plain module's operations
+        model.encoders[fmt] = encoder  # count the plain module's operations, in an eager step
         with FlopCounterMode(display=False) as counter:
-            step()
+            train_step(model, crops, optimizer, **step_args)
         row["gflop_per_step"] = counter.get_total_flops() / 1e9
         row["tflop_per_s"] = counter.get_total_flops() / seconds / 1e12
         peak = peak or peak_tflops(dev)
@@ -159,7 +167,8 @@ def split_step(model: ContrastiveModel, crops: CropBatch, optimizer, generator, 
 
 
 def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    columns = columns or ["format", "encoder", "device", "batch", "amp", "deterministic", "speedups", "compile", "compile_s",
+    columns = columns or ["format", "encoder", "device", "batch", "amp", "deterministic", "speedups", "cuda_graph",
+               "compile", "compile_s",
                "step_ms", "crops_per_s",
                "augment_ms", "encoder_ms", "loss_ms", "optimizer_ms", "augment_pct", "gflop_per_step", "tflop_per_s",
                "peak_share_pct", "peak_mem_gib"]

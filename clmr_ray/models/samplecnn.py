@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clmr_ray.config import EncoderSpec, SpecError
@@ -52,12 +53,45 @@ class SampleCNN(nn.Module):
         self.norm = nn.BatchNorm1d(channels[-1])  # the paper's added final 1-D BatchNorm
         self.fc = nn.Linear(channels[-1], out_dim) if channels[-1] != out_dim else nn.Identity()
         self.out_dim = out_dim
+        self.channels_last = False  # see forward_channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             x = x.unsqueeze(1)
+        if self.channels_last:
+            return self.forward_channels_last(x)
         h = self.norm(self.blocks(self.front(x)))
         return self.fc(h.amax(dim=-1))
+
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function on [B, C, 1, T] in channels-last memory ([B, T, C] in order): each
+        Conv1d as a 1 x k Conv2d with the same weights, BatchNorm and max-pool on the 4-D tensor.
+        On a GPU the convolutions then run in the tensor cores' native layout (cuDNN transposes
+        [B, C, T] to and from it around every convolution otherwise) and BatchNorm reduces over
+        contiguous channels. The parameters are the module's own: state dicts do not change."""
+        h = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        for layer in [*self.front, *itertools.chain.from_iterable(self.blocks), self.norm]:
+            if isinstance(layer, nn.Conv1d):
+                weight = layer.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+                h = F.conv2d(h, weight, layer.bias, stride=(1, layer.stride[0]), padding=(0, layer.padding[0]))
+            elif isinstance(layer, nn.MaxPool1d):
+                h = F.max_pool2d(h, (1, layer.kernel_size))
+            else:  # BatchNorm1d and ReLU take any trailing dimensions; Identity
+                h = _norm_4d(layer, h) if isinstance(layer, nn.BatchNorm1d) else layer(h)
+        return self.fc(h.amax(dim=(2, 3)))
+
+
+def _norm_4d(norm: nn.BatchNorm1d, h: torch.Tensor) -> torch.Tensor:
+    """What BatchNorm1d's forward does, on a 4-D tensor (the module itself refuses 4-D input)."""
+    factor = 0.0 if norm.momentum is None else norm.momentum
+    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:  # cumulative average
+            factor = 1.0 / float(norm.num_batches_tracked)
+    batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
+    track = not norm.training or norm.track_running_stats
+    return F.batch_norm(h, norm.running_mean if track else None, norm.running_var if track else None,
+                        norm.weight, norm.bias, batch_stats, factor, norm.eps)
 
 
 @register_encoder("samplecnn")

@@ -151,3 +151,33 @@ def test_encoders_have_no_layer_that_refuses_deterministic_mode_on_cuda(name):
                torch.nn.MaxPool3d, torch.nn.AvgPool3d, torch.nn.FractionalMaxPool2d, torch.nn.NLLLoss)
     encoder = build_encoder(EncoderSpec(name=name, width=0.125), crop_samples=6561)
     assert not [m for m in encoder.modules() if isinstance(m, refused)]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_samplecnn_channels_last_path_computes_the_same_function(mode):
+    """SampleCNN.forward_channels_last (the GPU layout, speedups.channels_last_1d) against the 1-D
+    forward on the same weights, both in float32 against the 1-D forward in float64: outputs and
+    BatchNorm statistics agree to float32 rounding, and each gradient is as close to float64's as
+    the 1-D path's (within 3x its error, or 1e-4 of the norm). The conv biases right before a
+    BatchNorm have a gradient of exactly 0 (BatchNorm removes any constant), so there every path
+    holds rounding noise: they are not compared."""
+    def build():
+        torch.manual_seed(0)
+        net = build_encoder(EncoderSpec(name="samplecnn", width=0.25), crop_samples=6561)
+        return getattr(net, mode)()
+
+    plain, fast, exact = build(), build(), build().double()
+    fast.channels_last = True
+    x = torch.randn(6, 6561, generator=torch.Generator().manual_seed(1))
+    outputs = [net(x.to(dtype)) for net, dtype in ((plain, torch.float32), (fast, torch.float32), (exact, torch.float64))]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-4 * outputs[0].abs().max().item())
+    for y in outputs:
+        y.square().sum().backward()
+    for (name, p), q, r in zip(plain.named_parameters(), fast.parameters(), exact.parameters(), strict=True):
+        if name.endswith(".0.bias") and not name.startswith("fc"):
+            continue  # a Conv1d's bias right before its BatchNorm
+        error_plain, error_fast = ((g.grad.double() - r.grad).norm() / r.grad.norm() for g in (p, q))
+        assert error_fast <= max(3 * error_plain, 1e-4), f"{name}: {error_fast:.2e} vs {error_plain:.2e}"
+    for (name, a), b in zip(plain.named_buffers(), fast.buffers(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    assert list(fast.state_dict()) == list(plain.state_dict())

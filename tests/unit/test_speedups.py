@@ -55,6 +55,29 @@ def test_channels_last_gives_the_same_parameters_after_a_few_steps():
                          train("spectrogram", Speedups(channels_last=True), steps, sgd=True), rtol=1e-4, atol=1e-6)
 
 
+def test_samplecnn_channels_last_gives_the_same_parameters_after_a_few_steps():
+    steps = batches()
+    assert_same_training(train("audio", Speedups(), steps, sgd=True),
+                         train("audio", Speedups(channels_last_1d=True), steps, sgd=True), rtol=1e-3, atol=1e-5)
+
+
+def test_the_step_off_cuda_is_train_step_itself():
+    """speed.step only graphs on CUDA: elsewhere it is train_step with the same arguments, bit for bit."""
+    spec = tiny_spec()
+    results = []
+    for use_step in (False, True):
+        torch.manual_seed(0)
+        model = ContrastiveModel(spec, "audio", 8000)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 / (i + 1))
+        args = {"temperature": 0.5, "generator": torch.Generator().manual_seed(1), "grad_clip": 1.0,
+                "scheduler": scheduler}
+        step = Speedups(cuda_graph=True).step(model, optimizer, **args) if use_step else None
+        losses = [step(b) if use_step else train_step(model, b, optimizer, **args) for b in batches()]
+        results.append(([p.detach().clone() for p in model.parameters()], [float(v) for v in losses]))
+    assert_same_training(*results, 0, 0)
+
+
 @pytest.mark.parametrize("fmt", ["audio", "spectrogram"])
 def test_fused_adam_takes_the_same_steps_as_the_plain_one(fmt):
     """Fed the same gradients, the fused update matches the per-tensor one to float32 rounding."""
@@ -90,7 +113,7 @@ def test_train_step_returns_the_loss_without_reading_it_back():
 
 def test_speedups_are_on_for_cuda_only_and_cudnn_autotuning_not_when_deterministic():
     assert Speedups.for_device("cpu") == Speedups()
-    assert Speedups.for_device("cuda", deterministic=False) == Speedups(True, True, True, True)
+    assert Speedups.for_device("cuda", deterministic=False) == Speedups(*[True] * len(Speedups.names()))
     assert not Speedups.for_device("cuda", deterministic=True).cudnn_benchmark
     assert Speedups.for_device("cuda", deterministic=False).without(["prefetch"]).prefetch is False
     with pytest.raises(ValueError, match="speed-up 'graphs' is not one of fused_adam, channels_last"):
@@ -114,3 +137,18 @@ def test_prefetch_keeps_order_stops_early_and_passes_errors_on():
         list(Prefetch(failing(), "cpu"))
     with pytest.raises(ValueError, match="Prefetch.depth: must be >= 1, got 0"):
         Prefetch(steps, "cpu", depth=0)
+
+
+def test_the_graph_check_accepts_rounding_and_refuses_another_step():
+    """GraphedStep's check after capture (CUDA only) is plain arithmetic: tested here on CPU."""
+    from clmr_ray.graphed_step import _mismatch
+
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g), None]
+    loss = torch.tensor(2.5)
+    rounded = [x * (1 + 1e-6) if x is not None else None for x in grads]
+    assert _mismatch(loss, loss * (1 + 1e-6), grads, rounded) is None
+    other = [torch.randn(5, 3, generator=g), grads[1], None]
+    assert "gradients by" in _mismatch(loss, loss, grads, other)
+    assert "loss by" in _mismatch(loss, loss * 1.5, grads, grads)
+    assert "empty" in _mismatch(loss, loss, grads, [grads[0], None, None])
