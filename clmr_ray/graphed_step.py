@@ -81,7 +81,7 @@ class GraphedStep:
         (the buffers BatchNorm updates are put back in between). True if the graph is in use, its
         replay on `views` done; False (warned once) if capture failed or the check did not pass."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        static_views = views.detach().clone()
+        static_views = views.detach().to(params[0].device, copy=True)  # the graph cannot copy from the host
         generator_state = self.generator.get_state()
         buffers = [b.detach().clone() for b in self.model.buffers()]
         self.optimizer.zero_grad(set_to_none=True)  # backward inside the graph allocates them in its pool
