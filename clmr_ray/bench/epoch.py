@@ -5,7 +5,8 @@
 Runs pretrain(), the loop every run trains with (crops sampled from a split's samples, the
 prefetching thread on CUDA, the step), for --epochs epochs on an in-memory split of noise
 tracks shaped like the preset's training split, then bench step's back-to-back steps on one
-fixed batch of the same size. Reports the last epoch's crops/s and its share of the step's:
+fixed batch of the same size. Reports the median epoch's crops/s (the first epoch, which warms up,
+left out when there are more) and its share of the step's:
 below 100 %, something outside the step (sampling, the host-to-device copy, the loop) costs
 time. Needs neither Ray nor soundfile, so it runs on a bare GPU machine.
 """
@@ -52,9 +53,10 @@ def noise_split(tracks: int, seconds: float, sample_rate: int, seed: int = 0) ->
     return MemorySplit("train", audio, offsets, np.full(tracks, length, dtype=np.int64), sample_rate)
 
 
-def measure_epoch(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", epochs: int = 2,
+def measure_epoch(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", epochs: int = 4,
                   tracks: int | None = None, seconds: float | None = None, steps: int = 5) -> dict:
-    """One row: the last epoch's crops/s (pretrain's own figure), the step's (bench step) and their ratio."""
+    """One row: the median epoch's crops/s (pretrain's own figure; the first epoch left out when
+    there are more), the step's (bench step) and their ratio."""
     spec = load_preset(preset, {"pretrain.epochs": epochs, "pretrain.val_every": 0})
     counts = spec.data.synthetic  # the preset's corpus size, unless told otherwise
     tracks = tracks or max(2 * spec.pretrain.batch_size, round(counts.tracks_per_label * 10 * 443 / 930))
@@ -63,11 +65,12 @@ def measure_epoch(preset: str = "tiny", fmt: str = "audio", device: str = "cpu",
     history: list[dict] = []
     pretrain(spec, fmt, split, None, TrainContext(device=device, report=lambda m, _: history.append(m)))
     step = measure(preset, fmt, device, steps=steps, split=False, count_flops=False)
-    last = history[-1]
+    warm = sorted(history[1:] or history, key=lambda m: m["crops_per_s"])
+    median = warm[len(warm) // 2]  # one short epoch is a noisy figure
     return {"preset": preset, "format": fmt, "device": device, "batch": spec.pretrain.batch_size,
-            "tracks": tracks, "steps_per_epoch": round(last["crops_per_s"] * last["epoch_s"] / spec.pretrain.batch_size),
-            "epoch_s": last["epoch_s"], "epoch_crops_per_s": last["crops_per_s"],
-            "step_crops_per_s": step["crops_per_s"], "epoch_share_pct": 100 * last["crops_per_s"] / step["crops_per_s"]}
+            "tracks": tracks, "steps_per_epoch": round(median["crops_per_s"] * median["epoch_s"] / spec.pretrain.batch_size),
+            "epoch_s": median["epoch_s"], "epoch_crops_per_s": median["crops_per_s"],
+            "step_crops_per_s": step["crops_per_s"], "epoch_share_pct": 100 * median["crops_per_s"] / step["crops_per_s"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny", help="tiny, demo or paper (default: tiny)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--formats", default="audio,spectrogram", help="comma-separated: audio,spectrogram")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs to run; the last one is reported (default: 2)")
+    parser.add_argument("--epochs", type=int, default=4,
+                        help="epochs to run; the median of all but the first is reported (default: 4)")
     parser.add_argument("--tracks", type=int, default=None,
                         help="training tracks (default: the training split of the preset's synthetic corpus, "
                         "443/930 of its tracks as in GTZAN)")

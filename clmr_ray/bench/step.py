@@ -92,6 +92,8 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
     for _ in range(warmup):
         step()
     sync(dev)
+    if dev.type == "cuda":  # steady state: cuDNN's autotuning may try workspaces far larger than a step needs
+        torch.cuda.reset_peak_memory_stats(dev)
     start = time.perf_counter()
     for _ in range(steps):
         step()
@@ -118,7 +120,7 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
         peak = peak or peak_tflops(dev)
         if peak:
             row["peak_share_pct"] = 100 * row["tflop_per_s"] / peak
-    if dev.type == "cuda":
+    if dev.type == "cuda":  # the timed steps, the split and the FLOP count after them
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return row
 
