@@ -53,8 +53,8 @@ def noise_split(tracks: int, seconds: float, sample_rate: int, seed: int = 0) ->
     return MemorySplit("train", audio, offsets, np.full(tracks, length, dtype=np.int64), sample_rate)
 
 
-def measure_epoch(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", epochs: int = 4,
-                  tracks: int | None = None, seconds: float | None = None, steps: int = 5) -> dict:
+def measure_epoch(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", epochs: int = 6,
+                  tracks: int | None = None, seconds: float | None = None, steps: int = 10) -> dict:
     """One row: the median epoch's crops/s (pretrain's own figure; the first epoch left out when
     there are more), the step's (bench step) and their ratio."""
     spec = load_preset(preset, {"pretrain.epochs": epochs, "pretrain.val_every": 0})
@@ -78,13 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny", help="tiny, demo or paper (default: tiny)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--formats", default="audio,spectrogram", help="comma-separated: audio,spectrogram")
-    parser.add_argument("--epochs", type=int, default=4,
-                        help="epochs to run; the median of all but the first is reported (default: 4)")
+    parser.add_argument("--epochs", type=int, default=6,
+                        help="epochs to run; the median of all but the first is reported (default: 6)")
     parser.add_argument("--tracks", type=int, default=None,
                         help="training tracks (default: the training split of the preset's synthetic corpus, "
                         "443/930 of its tracks as in GTZAN)")
     parser.add_argument("--seconds", type=float, default=None, help="track length (default: the preset's)")
-    parser.add_argument("--steps", type=int, default=5, help="bench step's timed steps (default: 5)")
+    parser.add_argument("--steps", type=int, default=10, help="bench step's timed steps (default: 10)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     spec = check_device_and_preset(parser, args.device, args.preset)
