@@ -115,11 +115,25 @@ def write_file(folder, name: str, write: Callable[[Path], None]) -> Path | str:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the rest of a team
         os.replace(tmp, folder / name)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return folder / name
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc says it (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(folder, name: str, text: str) -> Path | str:

@@ -1,5 +1,9 @@
 """Run records in a local folder or behind a pyarrow filesystem URI (file:// here; s3:// the same way)."""
 
+import os
+import stat
+from pathlib import Path
+
 import pytest
 
 from clmr_ray import storage
@@ -45,3 +49,14 @@ def test_a_bad_uri_is_one_line_naming_it():
     with pytest.raises(SpecError, match=r"storage 'nosuchfs://x/y': not a usable filesystem URI") as err:
         storage.resolve("nosuchfs://x/y")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask):
+    """Not mkstemp's 0600: a results folder shared by a team stays readable where the umask allows."""
+    before = os.umask(umask)
+    try:
+        path = storage.write_text(tmp_path, "table.md", "| a |\n")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(Path(path).stat().st_mode) == 0o666 & ~umask
