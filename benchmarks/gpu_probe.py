@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clmr_ray.bench.step import step_inputs
 from clmr_ray.config import preset as load_preset
-from clmr_ray.data.sampling import CropBatch
-from clmr_ray.pretrain import ContrastiveModel, build_format_encoder, train_step
+from clmr_ray.pretrain import build_format_encoder, train_step
 from clmr_ray.speedups import Speedups
 
 
@@ -115,12 +115,7 @@ def profile_steps(spec, device, batch: int, fmt: str, amp: bool, out: Path | Non
     speed = Speedups.for_device(device)
     speed.apply_backend()
     p = spec.pretrain
-    torch.manual_seed(0)
-    model = speed.prepare_model(ContrastiveModel(spec, fmt, spec.data.sample_rate).to(device))
-    optimizer = speed.adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    audio = 0.1 * torch.randn(batch, 2, p.crop_samples, generator=torch.Generator().manual_seed(0))
-    crops = CropBatch(audio.to(device), torch.arange(batch))
-    generator = torch.Generator(device=device).manual_seed(0)
+    model, optimizer, crops, generator = step_inputs(spec, fmt, device, batch, speed)
 
     def step():
         return train_step(model, crops, optimizer, temperature=p.temperature, generator=generator, amp=amp,

@@ -14,14 +14,13 @@ time. Needs neither Ray nor soundfile, so it runs on a bare GPU machine.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from clmr_ray.bench.step import check_device_and_preset, format_table, measure, parse_formats
+from clmr_ray.bench.step import check_device_and_preset, format_table, measure, parse_formats, print_rows
 from clmr_ray.config import preset as load_preset
 from clmr_ray.pretrain import TrainContext, pretrain
 
@@ -96,11 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     formats = parse_formats(parser, args.formats)
     rows = [measure_epoch(args.preset, fmt, args.device, args.epochs, args.tracks, args.seconds, args.steps)
             for fmt in formats]
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
-    print(f"epoch vs step, preset {args.preset}, {device}, {torch.get_num_threads()} CPU threads")
-    print(format_table_epoch(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps([{**r, "device_name": device} for r in rows], indent=1))
+    print_rows(rows, f"epoch vs step, preset {args.preset}", format_table_epoch(rows), args.device, args.json)
     return 0
 
 

@@ -64,12 +64,7 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
     speed = Speedups.for_device(dev).without(without)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = speed.cudnn_benchmark
-    torch.manual_seed(0)
-    model = speed.prepare_model(ContrastiveModel(spec, fmt, spec.data.sample_rate).to(dev))
-    optimizer = speed.adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    audio = 0.1 * torch.randn(batch, 2, p.crop_samples, generator=torch.Generator().manual_seed(0))
-    crops = CropBatch(audio.to(dev), torch.arange(batch))
-    generator = torch.Generator(device=dev).manual_seed(0)
+    model, optimizer, crops, generator = step_inputs(spec, fmt, dev, batch, speed)
     step_args = {"temperature": p.temperature, "generator": generator, "amp": amp, "grad_clip": p.grad_clip}
     train = speed.step(model, optimizer, **step_args)  # what pretrain runs: a GraphedStep with cuda_graph
 
@@ -123,6 +118,26 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
     if dev.type == "cuda":  # the timed steps, the split and the FLOP count after them
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return row
+
+
+def step_inputs(spec: ExperimentSpec, fmt: str, device: torch.device, batch: int, speed: Speedups):
+    """What one benchmarked step trains: (model, optimizer, crops, generator), seeded, with `speed` applied."""
+    p = spec.pretrain
+    torch.manual_seed(0)
+    model = speed.prepare_model(ContrastiveModel(spec, fmt, spec.data.sample_rate).to(device))
+    optimizer = speed.adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    audio = 0.1 * torch.randn(batch, 2, p.crop_samples, generator=torch.Generator().manual_seed(0))
+    crops = CropBatch(audio.to(device), torch.arange(batch))
+    return model, optimizer, crops, torch.Generator(device=device).manual_seed(0)
+
+
+def print_rows(rows: list[dict], heading: str, table: str, device: str, json_path: str | None) -> None:
+    """The heading (with the device's name and the CPU threads), the table, and the rows as JSON when asked."""
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
+    print(f"{heading}, {name}, {torch.get_num_threads()} CPU threads")
+    print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps([{**r, "device_name": name} for r in rows], indent=1))
 
 
 def split_step(model: ContrastiveModel, crops: CropBatch, optimizer, generator, amp: bool, temperature: float,
@@ -248,11 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args.preset, args.device, formats, batch=args.batch, steps=args.steps, warmup=args.warmup,
                amp=False if args.no_amp else None, count_flops=True if args.flops else None, without=without,
                split=not args.no_split, peak=args.peak_tflops, compile_backend=args.compile)
-    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
-    print(f"training step, preset {args.preset}, {device}, {torch.get_num_threads()} CPU threads")
-    print(format_table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps([{**r, "device_name": device} for r in rows], indent=1))
+    print_rows(rows, f"training step, preset {args.preset}", format_table(rows), args.device, args.json)
     return 0
 
 
