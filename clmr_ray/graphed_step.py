@@ -12,7 +12,8 @@ augmentation generator is registered with the graph: each replay draws what an e
 would from the generator's current seed and offset, reseeding included. A batch of another
 shape runs the eager step. Right after capture the graph is checked against an eager step on
 the same batch and generator state; if capturing fails or the check does not pass, a one-line
-warning says why and every step stays eager.
+warning says why and every step stays eager. What a graph cannot hold (a host read of a GPU
+value, a copy from host memory) is looked for without a GPU by tests/unit/test_graph_safety.py.
 """
 
 from __future__ import annotations

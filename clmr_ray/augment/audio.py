@@ -111,6 +111,21 @@ def biquad_tail(a: torch.Tensor, floor: float = 1e-9) -> int:
     return math.ceil(float((math.log(floor) / log_radius).max()))
 
 
+def biquad_tail_bound(lowest_cutoff_hz: float, sample_rate: int, q: float = 1 / math.sqrt(2),
+                      floor: float = 1e-9) -> int:
+    """biquad_tail of the slowest biquad with a cutoff in [lowest_cutoff_hz, 0.45 x sample_rate],
+    in host arithmetic (no tensor to read back): the slowest poles sit at either end of the range."""
+
+    def tail(cutoff_hz: float) -> int:
+        w0 = 2 * math.pi * cutoff_hz / sample_rate
+        alpha = math.sin(w0) / (2 * q)
+        a2 = (1 - alpha) / (1 + alpha)
+        return math.ceil(math.log(floor) / (0.5 * math.log(min(max(a2, 1e-300), 1 - 1e-16))))
+
+    top = 0.45 * sample_rate
+    return max(tail(max(1.0, min(lowest_cutoff_hz, top))), tail(top))
+
+
 def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tensor, sample_rate: int,
                   method: str = "auto", lowest_cutoff_hz: float | None = None) -> torch.Tensor:
     """Per-example low-pass (highpass False) or high-pass (True) at cutoff_hz.
@@ -135,12 +150,7 @@ def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tens
     cutoff_hz = cutoff_hz.double().clamp(1.0, 0.45 * sample_rate)
     a, b = biquad_coefficients(cutoff_hz, highpass, sample_rate)
     length = x.shape[-1]
-    if lowest_cutoff_hz is not None:  # the slowest poles sit at either end of [lowest, 0.45 x rate]
-        ends = torch.tensor([max(1.0, min(lowest_cutoff_hz, 0.45 * sample_rate)), 0.45 * sample_rate],
-                            dtype=torch.float64)
-        tail = biquad_tail(biquad_coefficients(ends, torch.tensor([False, False]), sample_rate)[0])
-    else:
-        tail = biquad_tail(a)
+    tail = biquad_tail(a) if lowest_cutoff_hz is None else biquad_tail_bound(lowest_cutoff_hz, sample_rate)
     size = 1 << (length + tail - 1).bit_length()  # a power of two: fast on every FFT backend
     response = biquad_response(a, b, size).to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
     return torch.fft.irfft(torch.fft.rfft(x, size) * response, size)[..., :length]
@@ -176,12 +186,16 @@ def fft_convolve(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def reverb_impulse_response(
-    rt60_s: torch.Tensor, sample_rate: int, generator: torch.Generator | None = None, dtype=torch.float32
+    rt60_s: torch.Tensor, sample_rate: int, generator: torch.Generator | None = None, dtype=torch.float32,
+    length_s: float | None = None,
 ) -> torch.Tensor:
     """Gaussian noise under an exponential envelope that falls 60 dB at rt60_s [N]; unit energy.
 
-    Length is the longest rt60 of the batch; shorter ones are ~silent past their own rt60."""
-    length = max(1, math.ceil(float(rt60_s.max()) * sample_rate))
+    Length is length_s, by default the longest rt60 of the batch (read back from rt60_s: on a GPU,
+    pass a bound instead); shorter ones are ~silent past their own rt60."""
+    if length_s is None:
+        length_s = float(rt60_s.max())
+    length = max(1, math.ceil(length_s * sample_rate))
     t = torch.arange(length, device=rt60_s.device, dtype=dtype) / sample_rate
     envelope = torch.exp(-math.log(1000.0) * t / rt60_s.to(dtype).clamp_min(1e-3).unsqueeze(-1))
     ir = torch.randn(envelope.shape, generator=generator, device=rt60_s.device, dtype=dtype) * envelope
@@ -194,9 +208,11 @@ def add_reverb(
     wet: torch.Tensor,
     sample_rate: int,
     generator: torch.Generator | None = None,
+    length_s: float | None = None,
 ) -> torch.Tensor:
-    """(1 - wet) * x + wet * (x convolved with a synthetic room response of decay rt60_s)."""
-    ir = reverb_impulse_response(rt60_s, sample_rate, generator, x.dtype)
+    """(1 - wet) * x + wet * (x convolved with a synthetic room response of decay rt60_s, length_s
+    long: see reverb_impulse_response)."""
+    ir = reverb_impulse_response(rt60_s, sample_rate, generator, x.dtype, length_s)
     wet = wet.to(x.dtype).unsqueeze(-1)
     return (1 - wet) * x + wet * fft_convolve(x, ir)
 

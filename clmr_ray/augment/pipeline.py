@@ -88,11 +88,9 @@ class AugmentPipeline(nn.Module):
             highpass = torch.rand(n, generator=g, device=device) < 0.5
             low, high = _uniform(n, aug.lowpass_hz, g, device), _uniform(n, aug.highpass_hz, g, device)
             cutoff = torch.where(highpass, high, low)
-            if device.type == "cuda":  # every row, keep the selected ones: no wait for the GPU
-                lowest = min(aug.lowpass_hz[0], aug.highpass_hz[0])
-                return torch.where(selected.unsqueeze(-1), A.biquad_filter(x, cutoff, highpass, sr,
-                                                                           lowest_cutoff_hz=lowest), x)
-            return _on_rows(x, selected, lambda r: A.biquad_filter(x[r], cutoff[r], highpass[r], sr))
+            lowest = min(aug.lowpass_hz[0], aug.highpass_hz[0])  # sizes the FFT on CUDA without a read-back
+            return _on_rows(x, selected, lambda r: A.biquad_filter(x[r], cutoff[r], highpass[r], sr,
+                                                                   lowest_cutoff_hz=lowest))
         if name == "delay":
             delay = (_uniform(n, aug.delay_ms, g, device) * sr / 1000).round()
             return A.add_delay(x, delay, aug.volume * selected)
@@ -102,7 +100,8 @@ class AugmentPipeline(nn.Module):
             return A.pitch_shift(x, steps * selected, sr)
         if name == "reverb":
             rt60, wet = _uniform(n, aug.rt60_s, g, device), _uniform(n, aug.wet, g, device)
-            return _on_rows(x, selected, lambda r: A.add_reverb(x[r], rt60[r], wet[r], sr, g))
+            longest = aug.rt60_s[1] if device.type == "cuda" else None  # CPU: the batch's own longest rt60
+            return _on_rows(x, selected, lambda r: A.add_reverb(x[r], rt60[r], wet[r], sr, g, longest))
         if name == "noise_mix":
             snr = torch.where(selected, _uniform(n, aug.snr_db, g, device), never)
             return A.noise_mix(x, snr, aug.source, g, others)
@@ -115,7 +114,11 @@ def _uniform(n: int, bounds: tuple[float, float], g, device) -> torch.Tensor:
 
 
 def _on_rows(x: torch.Tensor, selected: torch.Tensor, fn) -> torch.Tensor:
-    """Apply fn(rows) -> new rows to the selected rows only (expensive ops skip the others)."""
+    """fn(rows) -> new rows, kept where selected [N] is True. On CPU fn sees only the selected rows
+    (expensive ops skip the others); on CUDA it sees them all (rows = slice(None)): finding the
+    selected ones would make the host wait for the GPU, and a CUDA graph cannot hold that wait."""
+    if x.device.type == "cuda":
+        return torch.where(selected.unsqueeze(-1), fn(slice(None)), x)
     rows = selected.nonzero().squeeze(-1)
     if rows.numel() == 0:
         return x

@@ -172,6 +172,20 @@ def test_reverb_tail_follows_rt60_and_dry_is_identity():
     assert torch.equal(dry, x)
 
 
+def test_reverb_with_a_length_bound_rings_the_same():
+    """What the pipeline does on CUDA: the impulse response is as long as the spec's longest rt60,
+    not the batch's (no read-back); past each row's own rt60 the extra length is ~silent."""
+    x = torch.zeros(2, SR)
+    x[:, 0] = 1.0
+    rt60 = torch.tensor([0.1, 0.5])
+    ir = A.reverb_impulse_response(rt60, SR, gen(), length_s=1.0)
+    assert ir.shape == (2, SR)
+    assert (ir[:, int(0.5 * SR):].norm(dim=-1) < 1e-2).all()
+    y = A.add_reverb(x, rt60, torch.tensor([1.0, 1.0]), SR, gen(), length_s=1.0)
+    late = A.rms(y[:, int(0.3 * SR) : int(0.4 * SR)])
+    assert y.shape == x.shape and late[0] < late[1] * 1e-2
+
+
 def test_noise_mix_uses_another_clip_at_the_drawn_snr():
     freqs = [300.0, 700.0, 1100.0, 1900.0]
     x = torch.stack([sine(f) for f in freqs])
@@ -318,6 +332,15 @@ def test_fft_filter_sized_from_a_cutoff_bound_matches_the_recursive_one():
     cutoff, highpass = torch.tensor([200.0, 900.0, 3000.0]), torch.tensor([True, True, False])
     bounded = A.biquad_filter(x, cutoff, highpass, SR, method="fft", lowest_cutoff_hz=200.0)
     assert (bounded - A.biquad_filter(x, cutoff, highpass, SR, method="recursive")).abs().max() < 1e-5 * x.abs().max()
+
+
+@pytest.mark.parametrize("sample_rate", [8000, 22050])
+@pytest.mark.parametrize("lowest", [1.0, 30.0, 200.0, 5000.0])
+def test_filter_tail_bound_is_the_tail_of_the_slowest_biquad_in_range(sample_rate, lowest):
+    top = 0.45 * sample_rate
+    cutoffs = torch.linspace(max(1.0, min(lowest, top)), top, 200, dtype=torch.float64)
+    a, _ = A.biquad_coefficients(cutoffs, torch.zeros(200, dtype=torch.bool), sample_rate)
+    assert A.biquad_tail_bound(lowest, sample_rate) == A.biquad_tail(a)
 
 
 def test_audio_pipeline_does_not_depend_on_the_thread_count():
