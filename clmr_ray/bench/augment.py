@@ -17,10 +17,17 @@ from clmr_ray.config import SPECTROGRAM_AUGS, WAVEFORM_AUGS, AugmentSpec
 from clmr_ray.config import preset as load_preset
 
 
-def _seconds(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
-    """Best wall time of fn() (the least disturbed by other load) after warm-up calls (FFT plans and conv kernels are cached per
-    shape, and the batched pitch shift sees a new group size on most calls)."""
-    return min(call_times(fn, device, repeats, warmup))
+def _seconds(call, device: torch.device, seeds: int, repeats: int, warmup: int = 3) -> float:
+    """Mean over `seeds` generator seeds of the best of `repeats` wall times of call(seed).
+
+    Each seed fixes the draws (which crops get an augmentation, and its parameters), so the
+    best of its repeats is the same work timed under the least disturbance; the mean over seeds
+    is the expected cost. Taking the best over changing draws instead would report the call
+    that happened to draw the fewest crops for its costly augmentations. The first warm-up
+    calls fill the caches (FFT plans, conv kernels) untimed."""
+    for _ in range(warmup):
+        call(0)
+    return sum(min(call_times(lambda seed=seed: call(seed), device, repeats, 0)) for seed in range(seeds)) / seeds
 
 
 def _only(spec: AugmentSpec, name: str) -> AugmentSpec:
@@ -30,13 +37,22 @@ def _only(spec: AugmentSpec, name: str) -> AugmentSpec:
     return AugmentSpec(**off)
 
 
-def compare(pipe: AugmentPipeline, x: torch.Tensor, seed: int, repeats: int, plain: bool = False) -> dict:
-    """Crops per second through pipe batched and one crop at a time, and their ratio."""
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    batched = pipe.plain if plain else (lambda b: pipe(b, g))
-    single = pipe.plain if plain else (lambda b: pipe(b, g, others=x))
-    t_batch = _seconds(lambda: batched(x), x.device, repeats)
-    t_loop = _seconds(lambda: [single(x[i : i + 1]) for i in range(x.shape[0])], x.device, repeats)
+def compare(pipe: AugmentPipeline, x: torch.Tensor, seeds: int, repeats: int, plain: bool = False) -> dict:
+    """Crops per second through pipe batched and one crop at a time (the generator seeded alike
+    for both, once per batch), and their ratio."""
+    g = torch.Generator(device=x.device)
+
+    def batched(seed: int):
+        return pipe.plain(x) if plain else pipe(x, g.manual_seed(seed))
+
+    def one_at_a_time(seed: int):
+        if plain:
+            return [pipe.plain(x[i : i + 1]) for i in range(x.shape[0])]
+        g.manual_seed(seed)
+        return [pipe(x[i : i + 1], g, others=x) for i in range(x.shape[0])]
+
+    t_batch = _seconds(batched, x.device, seeds, repeats)
+    t_loop = _seconds(one_at_a_time, x.device, seeds, repeats)
     n = x.shape[0]
     return {
         "batched_crops_per_s": n / t_batch,
@@ -45,7 +61,8 @@ def compare(pipe: AugmentPipeline, x: torch.Tensor, seed: int, repeats: int, pla
     }
 
 
-def run(preset: str = "paper", batch: int = 32, device: str = "cpu", repeats: int = 3, ops: bool = True) -> dict:
+def run(preset: str = "paper", batch: int = 32, device: str = "cpu", repeats: int = 3, ops: bool = True,
+        seeds: int = 8) -> dict:
     spec = load_preset(preset)
     sr, samples = spec.data.sample_rate, spec.pretrain.crop_samples
     dev = torch.device(device)
@@ -58,11 +75,13 @@ def run(preset: str = "paper", batch: int = 32, device: str = "cpu", repeats: in
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "batch": batch,
+        "seeds": seeds,
+        "repeats": repeats,
         "sample_rate": sr,
         "crop_samples": samples,
-        "audio": {"augs": audio.waveform_augs, **compare(audio, x, 0, repeats)},
-        "spectrogram": {"augs": spectro.waveform_augs + spectro.mask_augs, **compare(spectro, x, 0, repeats)},
-        "logmel": compare(spectro, x, 0, repeats, plain=True),
+        "audio": {"augs": audio.waveform_augs, **compare(audio, x, seeds, repeats)},
+        "spectrogram": {"augs": spectro.waveform_augs + spectro.mask_augs, **compare(spectro, x, seeds, repeats)},
+        "logmel": compare(spectro, x, 1, repeats * seeds, plain=True),  # no draws: one seed, as many calls
     }
     if ops:
         result["ops"] = {}
@@ -71,14 +90,15 @@ def run(preset: str = "paper", batch: int = 32, device: str = "cpu", repeats: in
             aug = dataclasses.replace(getattr(pipe_spec, name), enabled=True)
             one = _only(dataclasses.replace(pipe_spec, **{name: aug}), name)
             mel = spectro_spec.mel if name in SPECTROGRAM_AUGS else None
-            result["ops"][name] = {"p": aug.p, **compare(AugmentPipeline(one, sr, mel).to(dev), x, 0, repeats)}
+            result["ops"][name] = {"p": aug.p, **compare(AugmentPipeline(one, sr, mel).to(dev), x, seeds, repeats)}
     return result
 
 
 def report(result: dict) -> str:
     head = (
         f"augmentation throughput, preset {result['preset']}: {result['batch']} crops x {result['crop_samples']} "
-        f"samples at {result['sample_rate']} Hz on {result['device']} ({result['threads']} threads)"
+        f"samples at {result['sample_rate']} Hz on {result['device']} ({result['threads']} threads); "
+        f"mean over {result['seeds']} seeds of the best of {result['repeats']} calls"
     )
     lines = [head, f"{'pipeline':<28}{'batched crops/s':>17}{'per-example':>14}{'speedup':>9}"]
 
@@ -100,15 +120,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per seed; the best counts (default 3)")
+    parser.add_argument("--seeds", type=int, default=8,
+                        help="generator seeds, each fixing which crops get which augmentation; their mean counts (default 8)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-ops", action="store_true", help="skip the per-augmentation breakdown")
     args = parser.parse_args(argv)
     if args.batch < 2:
         parser.error(f"--batch: noise mixing needs at least 2 crops, got {args.batch}")
+    for name in ("repeats", "seeds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: must be >= 1, got {getattr(args, name)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run(args.preset, args.batch, args.device, args.repeats, ops=not args.no_ops)
+    result = run(args.preset, args.batch, args.device, args.repeats, ops=not args.no_ops, seeds=args.seeds)
     print(report(result))
     return result
 

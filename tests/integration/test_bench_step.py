@@ -92,3 +92,22 @@ def test_epoch_benchmark_sets_a_real_epoch_beside_the_step(capsys, tmp_path):
         with pytest.raises(SystemExit):
             epoch.main(argv)
         assert message in capsys.readouterr().err
+
+
+def test_augment_benchmark_times_the_same_draws_for_each_seed(capsys):
+    """Best-of-N over changing draws would time the call that drew the fewest crops for the costly
+    augmentations; each seed's repeats must repeat the same work."""
+    from clmr_ray.bench import augment
+
+    seen = []
+    augment._seconds(seen.append, torch.device("cpu"), seeds=3, repeats=2, warmup=1)
+    assert seen == [0, 0, 0, 1, 1, 2, 2]
+
+    result = augment.main(["--preset", "tiny", "--batch", "4", "--device", "cpu", "--seeds", "2", "--repeats", "1",
+                           "--no-ops"])
+    assert result["seeds"] == 2 and result["audio"]["batched_crops_per_s"] > 0
+    assert "mean over 2 seeds of the best of 1 calls" in capsys.readouterr().out
+    for argv, message in ((["--seeds", "0"], "--seeds: must be >= 1"), (["--batch", "1"], "--batch: noise mixing")):
+        with pytest.raises(SystemExit):
+            augment.main(argv)
+        assert message in capsys.readouterr().err
