@@ -15,6 +15,7 @@ from clmr_ray.augment import AugmentPipeline
 from clmr_ray.bench.timing import call_times
 from clmr_ray.config import SPECTROGRAM_AUGS, WAVEFORM_AUGS, AugmentSpec
 from clmr_ray.config import preset as load_preset
+from clmr_ray.speedups import Speedups
 
 
 def _seconds(call, device: torch.device, seeds: int, repeats: int, warmup: int = 3) -> float:
@@ -66,6 +67,7 @@ def run(preset: str = "paper", batch: int = 32, device: str = "cpu", repeats: in
     spec = load_preset(preset)
     sr, samples = spec.data.sample_rate, spec.pretrain.crop_samples
     dev = torch.device(device)
+    Speedups.for_device(dev).apply_backend()  # the process settings training runs under
     x = 0.1 * torch.randn(batch, samples, generator=torch.Generator().manual_seed(0)).to(dev)
     audio = AugmentPipeline(spec.audio.augment, sr).to(dev)
     spectro_spec = spec.spectrogram

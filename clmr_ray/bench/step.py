@@ -62,6 +62,7 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
     batch = batch or p.batch_size
     amp = p.amp if amp is None else amp
     speed = Speedups.for_device(dev).without(without)
+    speed.apply_backend()
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = speed.cudnn_benchmark
     model, optimizer, crops, generator = step_inputs(spec, fmt, dev, batch, speed)

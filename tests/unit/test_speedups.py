@@ -111,8 +111,8 @@ def test_train_step_returns_the_loss_without_reading_it_back():
     assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
 
 
-def test_speedups_are_on_for_cuda_only_and_cudnn_autotuning_not_when_deterministic():
-    assert Speedups.for_device("cpu") == Speedups()
+def test_speedups_are_on_for_cuda_and_cudnn_autotuning_not_when_deterministic():
+    assert Speedups.for_device("cpu") == Speedups(reuse_host_memory=True)
     assert Speedups.for_device("cuda", deterministic=False) == Speedups(*[True] * len(Speedups.names()))
     assert not Speedups.for_device("cuda", deterministic=True).cudnn_benchmark
     assert Speedups.for_device("cuda", deterministic=False).without(["prefetch"]).prefetch is False
@@ -152,3 +152,39 @@ def test_the_graph_check_accepts_rounding_and_refuses_another_step():
     assert "gradients by" in _mismatch(loss, loss, grads, other)
     assert "loss by" in _mismatch(loss, loss * 1.5, grads, grads)
     assert "empty" in _mismatch(loss, loss, grads, [grads[0], None, None])
+
+
+REUSE_CHECK = """
+import ctypes, sys, torch
+from clmr_ray import speedups
+libc = ctypes.CDLL(None)
+if not hasattr(libc, "mallinfo2"):
+    print("no-glibc"); sys.exit()
+
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "reuse":
+    assert speedups.reuse_freed_host_memory()
+before, mapped = libc.mallinfo2().hblks, []
+for _ in range(3):  # 16 MiB tensors, each freed before the next, as a training step's are
+    x = torch.ones(4 << 20)
+    mapped.append(libc.mallinfo2().hblks)
+    del x
+print(max(mapped) - before)
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "reuse"])
+def test_reused_host_memory_serves_large_tensors_from_the_heap(mode):
+    """glibc maps a fresh 16 MiB block for the first such tensor (its threshold starts at 128 KiB);
+    with reuse_freed_host_memory no tensor up to 32 MiB is mapped."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", REUSE_CHECK, mode], capture_output=True, text=True, check=True)
+    if out.stdout.strip() == "no-glibc":
+        pytest.skip("not glibc")
+    assert (int(out.stdout) == 0) == (mode == "reuse")
