@@ -10,7 +10,9 @@ convolutions, forward and backward; the STFT and the augmentations are not count
 by the step time and by the card's dense bf16 peak (datasheet, by name; --peak-tflops to set it).
 The GPU speed-ups of clmr_ray/speedups.py are on as in training; --without turns some off.
 With cuda_graph (on for CUDA) the timed steps are replays of the captured step (the row's
-cuda_graph column says whether capture worked); the split and the FLOP count run eager steps.
+cuda_graph column says whether capture worked); the split and the FLOP count run eager steps,
+and the augmentation is also timed as a graph of its own (augment_graph_ms, and its share of
+the graphed step: augment_graph_pct).
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
         row["cuda_graph"] = train.status
     if split:
         row.update(split_step(model, crops, optimizer, generator, amp, p.temperature, p.grad_clip, steps))
+        if isinstance(train, GraphedStep) and train.status == "replaying":
+            row.update(graphed_augment(model.pipelines[fmt], crops.audio, generator, steps, row["step_ms"]))
     if count_flops if count_flops is not None else dev.type == "cuda":
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -184,11 +188,42 @@ def split_step(model: ContrastiveModel, crops: CropBatch, optimizer, generator, 
     return out
 
 
+def graphed_augment(pipe, views: torch.Tensor, generator: torch.Generator, repeats: int, step_ms: float) -> dict:
+    """The augmentation of one step (both views) captured as a CUDA graph of its own and replayed:
+    what it costs inside a graphed step, where the host no longer issues its kernels one by one
+    (the split's augment_ms is the eager cost). augment_graph_pct is its share of the step."""
+    def augment():
+        return torch.cat([pipe(views[:, 0], generator), pipe(views[:, 1], generator)])
+
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            augment()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(generator)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            augment()
+    except Exception as exc:  # noqa: BLE001 - report, do not fail the row
+        return {"augment_graph_ms": f"failed ({type(exc).__name__})"}
+    times = []
+    for _ in range(max(repeats, 3)):
+        sync(views.device)
+        start = time.perf_counter()
+        graph.replay()
+        sync(views.device)
+        times.append((time.perf_counter() - start) * 1e3)
+    ms = statistics.median(times)
+    return {"augment_graph_ms": ms, "augment_graph_pct": 100 * ms / step_ms}
+
+
 def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or ["format", "encoder", "device", "batch", "amp", "deterministic", "speedups", "cuda_graph",
                "compile", "compile_s",
                "step_ms", "crops_per_s",
-               "augment_ms", "encoder_ms", "loss_ms", "optimizer_ms", "augment_pct", "gflop_per_step", "tflop_per_s",
+               "augment_ms", "encoder_ms", "loss_ms", "optimizer_ms", "augment_pct", "augment_graph_ms",
+               "augment_graph_pct", "gflop_per_step", "tflop_per_s",
                "peak_share_pct", "peak_mem_gib"]
     columns = [c for c in columns if any(c in r for r in rows)]
     cells = [[_cell(r.get(c, "")) for c in columns] for r in rows]

@@ -196,6 +196,14 @@ def test_graphed_step_trains_like_the_eager_step(fmt, no_tf32):
         torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6)
 
 
+def test_bench_step_on_cuda_times_the_graphed_step_and_its_augmentation():
+    from clmr_ray.bench import step as bench
+
+    row = bench.measure("tiny", "audio", "cuda", batch=4, steps=2, warmup=0)
+    assert row["cuda_graph"] == "replaying"
+    assert 0 < row["augment_graph_ms"] and 0 < row["augment_graph_pct"] < 100
+
+
 def test_pretrain_on_cuda_replays_the_graph_and_resumes_exactly():
     """The loop as training runs it on a GPU (every speed-up on): two epochs straight, and the
     second again resumed from the first's checkpoint, give the same epoch-2 loss."""
