@@ -114,6 +114,8 @@ def report(result: dict) -> str:
     row("log-mel only", result["logmel"])
     for name, r in result.get("ops", {}).items():
         row(f"  {name} (p={r['p']})", r)
+    share = result["audio"]["batched_crops_per_s"] / result["logmel"]["batched_crops_per_s"]
+    lines.append(f"batched audio pipeline at {100 * share:.0f} % of the log-mel's throughput")
     return "\n".join(lines)
 
 
