@@ -9,8 +9,9 @@ there or change nothing); reusing freed host memory pays on both.
     for batch in speed.batches(sampler, device):   # the next batch sampled and pinned meanwhile
         loss = step(batch)                         # replayed as one CUDA graph after a few steps
 
-Each one keeps the gradients: tests/unit/test_speedups.py runs a few optimiser steps with and
-without it on CPU and compares the parameters. bench step (--without NAME) measures each.
+Each one that touches the computation keeps the gradients: tests/unit/test_speedups.py runs a few
+optimiser steps with and without it on CPU and compares the parameters (reusing host memory touches
+none). bench step (--without NAME) measures each.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def reuse_freed_host_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
     except (OSError, AttributeError):
         return False
+    # In this order, the second only if the first took: a trim threshold alone also freezes the mmap
+    # threshold, at its 128 KiB start, and then every tensor above it is mapped (3x slower steps here).
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
