@@ -19,12 +19,16 @@ value, a copy from host memory) is looked for without a GPU by tests/unit/test_g
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from .data.sampling import CropBatch
 from .pretrain import forward_backward, train_step
+
+T = TypeVar("T")
 
 
 class GraphedStep:
@@ -55,13 +59,7 @@ class GraphedStep:
         self.eager_steps += 1
         if self.graph is not None or self.failed is not None:
             return self._eager(batch)
-        # Warm-up steps run on a side stream, as CUDA graph capture wants: lazily created state
-        # (cuDNN autotuning, cuBLAS workspaces, the optimiser's) then exists before capture.
-        self.side_stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.side_stream):
-            loss = self._eager(batch)
-        torch.cuda.current_stream().wait_stream(self.side_stream)
-        return loss
+        return on_side_stream(lambda: self._eager(batch), self.side_stream)
 
     def _finish(self) -> torch.Tensor:
         for param, grad in self.grads:  # an eager step in between may have set them to None
@@ -86,11 +84,10 @@ class GraphedStep:
         generator_state = self.generator.get_state()
         buffers = [b.detach().clone() for b in self.model.buffers()]
         self.optimizer.zero_grad(set_to_none=True)  # backward inside the graph allocates them in its pool
-        graph = torch.cuda.CUDAGraph()
         try:
-            graph.register_generator_state(self.generator)
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                static_loss = forward_backward(self.model, static_views, generator=self.generator, **self.step_args)
+            graph, static_loss = capture(
+                lambda: forward_backward(self.model, static_views, generator=self.generator, **self.step_args),
+                self.generator)
             graph_grads = [p.grad for p in params]
             self.optimizer.zero_grad(set_to_none=True)
             self.generator.set_state(generator_state)
@@ -117,6 +114,28 @@ class GraphedStep:
         self.graph, self.static_views, self.static_loss = graph, static_views, static_loss
         self.grads = [(p, g) for p, g in zip(params, graph_grads) if g is not None]
         return True
+
+
+def on_side_stream(fn: Callable[[], T], stream: torch.cuda.Stream | None = None) -> T:
+    """fn() on a side stream, the current stream waiting for it before and after: how CUDA graph
+    capture wants its warm-up calls, so that lazily created state (cuDNN autotuning, cuBLAS
+    workspaces, FFT plans, the optimiser's) exists before capture."""
+    stream = stream or torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    return out
+
+
+def capture(fn: Callable[[], T], generator: torch.Generator) -> tuple[torch.cuda.CUDAGraph, T]:
+    """fn() captured as a CUDA graph with `generator` registered (each replay draws from its state
+    at that time, as an eager call would): the graph and fn's output, which every replay rewrites."""
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(generator)
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        out = fn()
+    return graph, out
 
 
 def _mismatch(eager_loss: torch.Tensor, graph_loss: torch.Tensor, eager_grads: list, graph_grads: list,

@@ -149,9 +149,8 @@ def _run_packed(n: int, preset: str, fmt: str, device: str, seconds: float, warm
 
 def _pack_worker(rank: int, preset: str, fmt: str, device: str, seconds: float, warmup: int, barrier,
                  results) -> None:
+    from clmr_ray.bench.step import step_inputs
     from clmr_ray.bench.timing import sync
-    from clmr_ray.data.sampling import CropBatch
-    from clmr_ray.pretrain import ContrastiveModel
     from clmr_ray.speedups import Speedups
 
     try:
@@ -161,12 +160,7 @@ def _pack_worker(rank: int, preset: str, fmt: str, device: str, seconds: float, 
         torch.set_num_threads(spec.scaling.cpus_per_worker)
         speed = Speedups.for_device(dev)
         speed.apply_backend()
-        torch.manual_seed(rank)
-        model = speed.prepare_model(ContrastiveModel(spec, fmt, spec.data.sample_rate).to(dev))
-        optimizer = speed.adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        audio = 0.1 * torch.randn(p.batch_size, 2, p.crop_samples, generator=torch.Generator().manual_seed(rank))
-        crops = CropBatch(audio.to(dev), torch.arange(p.batch_size))
-        generator = torch.Generator(device=dev).manual_seed(rank)
+        model, optimizer, crops, generator = step_inputs(spec, fmt, dev, p.batch_size, speed, seed=rank)
 
         train = speed.step(model, optimizer, temperature=p.temperature, generator=generator, amp=p.amp,
                            grad_clip=p.grad_clip)  # on CUDA a GraphedStep, captured after its warm-up steps

@@ -30,7 +30,7 @@ from clmr_ray.bench.timing import sync
 from clmr_ray.config import ExperimentSpec, SpecError
 from clmr_ray.config import preset as load_preset
 from clmr_ray.data.sampling import CropBatch
-from clmr_ray.graphed_step import GraphedStep
+from clmr_ray.graphed_step import GraphedStep, capture, on_side_stream
 from clmr_ray.machine import use_deterministic
 from clmr_ray.pretrain import ContrastiveModel, train_step
 from clmr_ray.speedups import Speedups
@@ -125,15 +125,15 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
     return row
 
 
-def step_inputs(spec: ExperimentSpec, fmt: str, device: torch.device, batch: int, speed: Speedups):
+def step_inputs(spec: ExperimentSpec, fmt: str, device: torch.device, batch: int, speed: Speedups, seed: int = 0):
     """What one benchmarked step trains: (model, optimizer, crops, generator), seeded, with `speed` applied."""
     p = spec.pretrain
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = speed.prepare_model(ContrastiveModel(spec, fmt, spec.data.sample_rate).to(device))
     optimizer = speed.adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    audio = 0.1 * torch.randn(batch, 2, p.crop_samples, generator=torch.Generator().manual_seed(0))
+    audio = 0.1 * torch.randn(batch, 2, p.crop_samples, generator=torch.Generator().manual_seed(seed))
     crops = CropBatch(audio.to(device), torch.arange(batch))
-    return model, optimizer, crops, torch.Generator(device=device).manual_seed(0)
+    return model, optimizer, crops, torch.Generator(device=device).manual_seed(seed)
 
 
 def print_rows(rows: list[dict], heading: str, table: str, device: str, json_path: str | None) -> None:
@@ -196,15 +196,8 @@ def graphed_augment(pipe, views: torch.Tensor, generator: torch.Generator, repea
         return torch.cat([pipe(views[:, 0], generator), pipe(views[:, 1], generator)])
 
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            augment()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        graph.register_generator_state(generator)
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            augment()
+        on_side_stream(augment)
+        graph, _ = capture(augment, generator)
     except Exception as exc:  # noqa: BLE001 - report, do not fail the row
         return {"augment_graph_ms": f"failed ({type(exc).__name__})"}
     times = []

@@ -14,6 +14,7 @@ from clmr_ray.augment import AugmentPipeline
 from clmr_ray.augment import audio as A
 from clmr_ray.config import preset
 from clmr_ray.data.sampling import CropBatch
+from clmr_ray.graphed_step import capture, on_side_stream
 from clmr_ray.pretrain import ContrastiveModel, train_step
 from clmr_ray.speedups import Speedups
 
@@ -125,14 +126,6 @@ def test_bf16_autocast_on_cuda_trains_like_float32(fmt):
     assert bf16[1] == pytest.approx(fp32[1], rel=5e-2)
 
 
-def warmed_up_on_a_side_stream(fn):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-
-
 def test_graph_replays_draw_the_augmentations_an_eager_call_would():
     """The augmentation generator registered with a CUDA graph: a replay after manual_seed(s) gives
     the view an eager call after manual_seed(s) gives, and back-to-back replays continue the
@@ -141,11 +134,8 @@ def test_graph_replays_draw_the_augmentations_an_eager_call_would():
     pipe = AugmentPipeline(spec.audio.augment, spec.data.sample_rate).cuda()
     x = noise(8, spec.pretrain.crop_samples, 3).cuda()
     gen = torch.Generator(device="cuda").manual_seed(0)
-    warmed_up_on_a_side_stream(lambda: pipe(x, gen))
-    graph = torch.cuda.CUDAGraph()
-    graph.register_generator_state(gen)
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        static = pipe(x, gen)
+    on_side_stream(lambda: pipe(x, gen))
+    graph, static = capture(lambda: pipe(x, gen), gen)
 
     def close(a, b):
         return torch.allclose(a, b, rtol=1e-5, atol=1e-5 * x.abs().max().item())
