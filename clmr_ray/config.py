@@ -97,7 +97,8 @@ class FilterAug:
 
 @dataclass
 class PitchAug:
-    """Pitch shift by a whole number of semitones drawn uniformly in semitones."""
+    """Pitch shift by a whole number of semitones drawn uniformly in semitones (at most 12 either way;
+    WSOLA, as SoX's pitch effect: augment/audio.py pitch_shift)."""
 
     enabled: bool = True
     p: float = 0.6
@@ -313,6 +314,9 @@ def validate(spec: ExperimentSpec) -> None:
             value = getattr(aug, sub.name)
             if isinstance(value, tuple) and len(value) == 2 and value[0] > value[1]:
                 raise SpecError(f"{path}.{sub.name}: range {list(value)} has min > max")
+    shifts = spec.audio.augment.pitch.semitones
+    if min(shifts) < -12 or max(shifts) > 12:
+        raise SpecError(f"audio.augment.pitch.semitones: an octave either way at most (-12 to 12), got {list(shifts)}")
     positive = {
         "data.sample_rate": spec.data.sample_rate,
         "pretrain.crop_samples": spec.pretrain.crop_samples,

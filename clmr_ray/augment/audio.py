@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torchaudio.functional as AF
@@ -217,120 +218,164 @@ def add_reverb(
     return (1 - wet) * x + wet * fft_convolve(x, ir)
 
 
-def pitch_shift(x: torch.Tensor, semitones: torch.Tensor, sample_rate: int | None = None, n_fft: int = 512) -> torch.Tensor:
-    """Per-example pitch shift by semitones [N] (rounded to whole numbers; 0 = unchanged), length kept.
+# SoX's pitch effect's defaults (its tempo effect's): segment, search radius and crossfade.
+SEGMENT_MS, SEARCH_MS, OVERLAP_MS = 82.0, 14.68, 12.0
+SEARCH_RATE_HZ = 2756.25  # the alignment search runs on a copy averaged down to about this rate
 
-    All shifted rows go through one STFT and one inverse STFT whatever their shifts (see
-    shift_spectrum_pitch). The result does not depend on the sample rate (a ratio of
-    frequencies); the argument is accepted for symmetry with the other ops."""
-    steps = semitones.round().to(x.dtype)
+
+def pitch_shift(x: torch.Tensor, semitones: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Per-example pitch shift by semitones [N] (rounded to whole numbers and clamped to an octave
+    either way; 0 = unchanged), length kept.
+
+    Waveform-similarity overlap-add (WSOLA), as SoX's pitch effect, which CLMR's pitch shift ran
+    through WavAugment: 82 ms segments, each read at 2^(s/12) times the original speed (linear
+    interpolation; this moves the pitch) and laid down every 70 ms with 12 ms crossfades, so length
+    and timing stay; each segment's read position moves within +-14.68 ms of its nominal one to
+    where it best continues the segment before (wsola_offsets). Rows are independent."""
+    steps = semitones.round().clamp(-12, 12).to(x.dtype)
+    ratio = torch.pow(2.0, steps / 12)
     if x.device.type == "cuda":  # every row, then keep x where the shift is 0: no wait for the GPU
-        return torch.where((steps != 0).unsqueeze(-1), _shift_rows(x, torch.pow(2.0, steps / 12), n_fft), x)
-    rows = (steps != 0).nonzero().squeeze(-1)  # on CPU, only the rows that move
+        return torch.where((steps != 0).unsqueeze(-1), wsola_resample(x, ratio, sample_rate), x)
+    moves = steps != 0  # on CPU, only the rows that move
+    if moves.all():
+        return wsola_resample(x, ratio, sample_rate)
+    rows = moves.nonzero().squeeze(-1)
     if rows.numel() == 0:
         return x
     out = x.clone()
-    out[rows] = _shift_rows(x[rows], torch.pow(2.0, steps[rows] / 12), n_fft)
+    out[rows] = wsola_resample(x[rows], ratio[rows], sample_rate)
     return out
 
 
-CPU_BLOCK = 1 << 17  # STFT cells per block of rows on CPU: a block's tensors stay in the core's cache
+@dataclass(frozen=True)
+class WsolaGeometry:
+    """Segment, hop, crossfade and search radius in samples at one sample rate (host integers, so
+    nothing is read back from the device), and the factor of the search's averaged copy."""
+
+    segment: int
+    overlap: int
+    search: int
+    decimate: int
+
+    @classmethod
+    def at(cls, sample_rate: int) -> WsolaGeometry:
+        def samples(ms: float) -> int:
+            return max(2, round(ms * sample_rate / 1000))
+
+        return cls(samples(SEGMENT_MS), samples(OVERLAP_MS), samples(SEARCH_MS),
+                   max(1, round(sample_rate / SEARCH_RATE_HZ)))
+
+    @property
+    def hop(self) -> int:
+        return self.segment - self.overlap
 
 
-def _shift_rows(x: torch.Tensor, ratio: torch.Tensor, n_fft: int) -> torch.Tensor:
-    """STFT, shift_spectrum_pitch, inverse STFT, all frame-major. On CPU in blocks of rows (about
-    CPU_BLOCK cells: one row of a paper-scale crop), which runs ~2x faster than the whole batch at
-    once, whose dozen passes over [N, F, K] tensors would each go out to memory; on CUDA in one go."""
-    hop = n_fft // 4
-    window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
-    cells = (n_fft // 2 + 1) * (x.shape[-1] // hop + 1)
-    block = x.shape[0] if x.device.type == "cuda" else max(1, CPU_BLOCK // cells)
-    out = []
-    for i in range(0, x.shape[0], block):
-        spec = frame_stft(x[i : i + block], n_fft, hop, window)
-        shifted = shift_spectrum_pitch(spec, ratio[i : i + block], hop)
-        out.append(frame_istft(shifted, hop, window, x.shape[-1]))
-    return torch.cat(out) if len(out) > 1 else out[0]
+def wsola_resample(x: torch.Tensor, ratio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Every row of x [N, T] with its frequencies multiplied by ratio [N] (in [0.5, 2]) and its length
+    kept (WSOLA)."""
+    n, length = x.shape
+    geo = WsolaGeometry.at(sample_rate)
+    hop, overlap = geo.hop, geo.overlap
+    segments = max(1, -(-length // hop))  # segment k is output [k hop, k hop + segment)
+    offsets = wsola_offsets(x, ratio, geo, segments)  # segment k reads x(ratio t + offsets[:, k])
+    # Reads stay within a hop plus (1 + ratio) half segments plus the search radius of the crop: mirror it that far.
+    margin = 3 * geo.segment + geo.search
+    mirror = min(margin, length - 1)
+    padded = torch.cat([x[:, 1 : mirror + 1].flip(-1), x, x[:, -mirror - 1 : -1].flip(-1)], dim=-1)
+    if mirror < margin:  # a crop shorter than the margin: silence beyond its mirror images
+        padded = torch.nn.functional.pad(padded, (margin - mirror, margin - mirror))
+    # Segment k reads at start_k + ratio u, u = 0 .. segment - 1: whole and fractional parts of start_k apart, so
+    # positions stay exact to float32 precision of numbers below 2 segments, not of the whole padded crop.
+    start = (ratio.double().unsqueeze(-1) * (torch.arange(segments, device=x.device) * hop)).add_(offsets).add_(margin)
+    whole = start.floor()
+    local = torch.addcmul((start - whole).to(x.dtype).unsqueeze(-1), ratio.view(n, 1, 1),
+                          torch.arange(geo.segment, device=x.device, dtype=x.dtype))  # [N, K, segment]
+    below = local.floor()
+    weight = local.sub_(below)
+    index = below.long().add_(whole.long().clamp_(0, padded.shape[-1] - 2 * geo.segment - 3).unsqueeze(-1))
+    index = index.view(n, -1)
+    left = padded.gather(1, index)
+    read = torch.lerp(left, padded.gather(1, index.add_(1)), weight.view(n, -1)).view(n, segments, geo.segment)
+    fade_in = torch.sin((torch.arange(overlap, device=x.device, dtype=x.dtype) + 0.5) * (math.pi / 2 / overlap)) ** 2
+    out = read[:, :, :hop].clone()
+    out[:, 1:, :overlap].mul_(fade_in).addcmul_(read[:, :-1, hop:], 1 - fade_in)
+    return out.view(n, -1)[:, :length]
 
 
-def frame_stft(x: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
-    """torch.stft(x, n_fft, hop, window=window, center=True, return_complex=True) with its two last
-    axes swapped, [N, frames, K], but contiguous: every pass over it reads memory in order."""
-    padded = torch.nn.functional.pad(x.unsqueeze(1), (n_fft // 2, n_fft // 2), mode="reflect").squeeze(1)
-    return torch.fft.rfft(padded.unfold(-1, n_fft, hop) * window)
+def wsola_offsets(x: torch.Tensor, ratio: torch.Tensor, geo: WsolaGeometry, segments: int) -> torch.Tensor:
+    """Read offsets [N, K] such that segment k reads x(ratio t + offsets[:, k]) at output time t.
+
+    The nominal offset, (1 - ratio) x segment k's centre, keeps each centre where it was. Where
+    segments k-1 and k overlap they read x at the same speed, so k continues k-1 best at the lag
+    where x most resembles itself: the normalised cross-correlation of the overlap's stretch of x
+    (at its nominal place) with the lags around the nominal one, on a copy averaged over
+    `decimate` samples. From the first segment to the last, each takes the best lag that keeps it
+    within the search radius of its nominal offset, so the timing never drifts further (wsola_walk),
+    refined by a parabola through the peak."""
+    n, length = x.shape
+    d, device, dtype = geo.decimate, x.device, x.dtype
+    shrink = (1 - ratio).unsqueeze(-1)  # [N, 1]
+    k = torch.arange(segments, device=device, dtype=dtype)
+    nominal = shrink * (k * geo.hop + geo.segment / 2)  # [N, K]
+    if segments == 1:
+        return nominal
+    width, radius = max(1, geo.overlap // d), max(1, geo.search // d)
+    lags = 4 * radius + 1  # nominal lag + m for m in [-2 radius, 2 radius]: the walk's window moves with its drift
+    span = width + lags - 1
+    # coarse samples from here on: sums of d samples, padded so that no window below leaves them
+    pad = span + 3 * -(-geo.segment // d)
+    coarse = torch.nn.functional.pad(sum(x[:, : length // d * d].view(n, -1, d).unbind(-1)), (pad, pad))
+    step = (shrink * (k * (geo.hop / d))).round_().diff(dim=-1)  # [N, K-1]: the nominal lags, whole coarse samples
+    # where segment k-1 reads at output time k hop, where it starts to overlap segment k
+    at = (k[1:] * (geo.hop / d) + shrink * ((geo.segment / 2 - geo.hop) / d)).round_().add_(pad)
+    starts = torch.stack([at, at + step - 2 * radius]).long().clamp_(0, coarse.shape[-1] - span)
+    index = starts.unsqueeze(-1) + torch.arange(span, device=device)  # [2, N, K-1, span]
+    ours, theirs = coarse.gather(1, index[0, ..., :width].reshape(n, -1)), coarse.gather(1, index[1].reshape(n, -1))
+    ours, theirs = ours.view(n, segments - 1, width), theirs.view(n, segments - 1, span)
+    nfft = 1 << (span - 1).bit_length()
+    corr = torch.fft.irfft(torch.fft.rfft(theirs, nfft) * torch.fft.rfft(ours, nfft).conj_physical(), nfft)
+    energy = torch.nn.functional.pad(theirs.square().cumsum(-1), (1, 0))
+    energy = (energy[..., width:] - energy[..., :lags]).mul_(ours.square().sum(-1, keepdim=True))
+    away = (torch.arange(lags, device=device, dtype=dtype) - 2 * radius).abs_().mul_(MOVE_PENALTY / (2 * radius))
+    score = energy.clamp_min_(1e-20).rsqrt_().mul_(corr[..., :lags]).sub_(away)  # [N, K-1, lags]
+    best = wsola_walk(score, radius)  # [N, K-1]: the lag each segment takes, as an index into score
+    left, peak, right = score.gather(-1, (best.unsqueeze(-1) + torch.arange(-1, 2, device=device))
+                                     .clamp_(0, lags - 1)).unbind(-1)
+    curve = (left + right).sub_(peak, alpha=2)
+    shift = torch.where(curve < 0, (left - right).div_(curve.clamp_max(-1e-12)).mul_(0.5), 0).clamp_(-0.5, 0.5)
+    lag = (best - 2 * radius + step + shift) * d  # [N, K-1], samples
+    return torch.cat([nominal[:, :1], nominal[:, :1] + lag.cumsum(-1)], dim=-1)
 
 
-def frame_istft(spec: torch.Tensor, hop: int, window: torch.Tensor, length: int) -> torch.Tensor:
-    """The inverse of frame_stft (torch.istft's windowed overlap-add), for n_fft a multiple of hop:
-    n_fft / hop shifted adds of whole frames instead of istft's fold, ~3x faster on CPU."""
-    n_fft = window.shape[0]
-    frames = torch.fft.irfft(spec, n_fft) * window  # [N, F, n_fft]
-    n, f, _ = frames.shape
-    overlap = n_fft // hop
-    if overlap * hop != n_fft:
-        raise ValueError(f"frame_istft: n_fft ({n_fft}) must be a multiple of hop ({hop})")
-    out = frames.new_zeros(n, f + overlap - 1, hop)
-    envelope = frames.new_zeros(f + overlap - 1, hop)
-    pieces, window_power = frames.view(n, f, overlap, hop), (window * window).view(overlap, hop)
-    for j in range(overlap):
-        out[:, j : j + f] += pieces[:, :, j]
-        envelope[j : j + f] += window_power[j]
-    first = n_fft // 2  # centred frames: the signal starts half a window in
-    return out.view(n, -1)[:, first : first + length] / envelope.view(-1)[first : first + length]
+MOVE_PENALTY = 1e-3  # correlation a lag 2 search radii from the nominal one must gain over it
 
 
-PHASE_UNIT = 1 << 20  # phases are summed as whole 1/2^20ths of a turn
+def wsola_walk(score: torch.Tensor, radius: int) -> torch.Tensor:
+    """The index into score [N, J, 4 radius + 1] (lags from -2 radius to 2 radius around each nominal
+    lag) that each of J segments takes, in turn, when each takes its best lag among those that keep
+    its drift (the sum of the lags taken so far, off their nominal) within +-radius.
 
-
-def shift_spectrum_pitch(spec: torch.Tensor, ratio: torch.Tensor, hop: int) -> torch.Tensor:
-    """Multiply every frequency of a frame-major STFT [N, F, K] (frame_stft: centred Hann window,
-    K = n_fft/2 + 1) by its row's ratio [N]; time stays as it is.
-
-    A phase vocoder that moves frequencies instead of stretching time: output bin j takes the
-    magnitude found at bin j / ratio (linear interpolation) and the phase advance per hop measured
-    at the nearest bin, times ratio; its phase is the sum of those advances over frames. Phases are
-    kept relative to the window centre (bin k of a centred frame carries an extra half turn * k), so
-    the bins of one partial stay coherent. Moving a partial's spectral peak to ratio times its bin
-    also compresses it by ratio in time, a gain the inverse STFT would apply: it is divided out.
-    Phases are in turns (fractions of 2 pi) throughout."""
-    n, f, k = spec.shape
-    n_fft = 2 * (k - 1)
-    dtype, device = ratio.dtype, spec.device
-    bins = torch.arange(k, device=device, dtype=dtype)
-    source = bins / ratio.unsqueeze(-1)  # [N, K]: where output bin j's content is
-    below = source.floor().clamp_max(k - 2).long()
-    nearest = source.round().clamp_max(k - 1).long()
-    # weights of the two bins around source, gain divided out; 0 past the top (a downward shift leaves it empty)
-    inside = (source <= k - 1) / _compression_gain(ratio, n_fft).unsqueeze(-1)
-    upper = ((source - below) * inside).unsqueeze(1)
-    lower = ((1 - (source - below)).clamp_min(0) * inside).unsqueeze(1)
-
-    def take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """t[i, :, index[i, j]] for every row i and output bin j."""
-        return t.gather(-1, index.unsqueeze(1).expand(n, f, k))
-
-    real, imag = torch.view_as_real(spec).unbind(-1)
-    magnitude = torch.hypot(real, imag)
-    out_magnitude = (take(magnitude, below) * lower).add_(take(magnitude, below + 1) * upper)
-    phase = torch.atan2(take(imag, nearest), take(real, nearest)).mul_(1 / (2 * math.pi))
-    own_advance = ((hop / n_fft) * nearest.to(dtype)).unsqueeze(1)  # a bin-centred sinusoid's, per hop
-    deviation = phase[:, 1:] - phase[:, :-1] - own_advance
-    deviation -= deviation.round()
-    advance = (deviation + own_advance).mul_(ratio.view(-1, 1, 1))
-    start = phase[:, :1] + 0.5 * (bins - nearest).unsqueeze(1)  # centred at source, out at j
-    # Summed in integers: exact, so the same on every device and thread count.
-    steps = torch.cat([start, advance], dim=1).mul_(PHASE_UNIT).round_().to(torch.int64)
-    out_phase = steps.cumsum_(1).bitwise_and_(PHASE_UNIT - 1).to(dtype).mul_(2 * math.pi / PHASE_UNIT)
-    return torch.complex(out_magnitude * torch.cos(out_phase), out_magnitude * torch.sin(out_phase))
-
-
-def _compression_gain(ratio: torch.Tensor, n_fft: int) -> torch.Tensor:
-    """Gain of Hann-window overlap-add on a frame whose window was compressed by ratio [N] in time
-    (its spectrum stretched by ratio): sum(ratio * w(ratio * t) * w(t)) / sum(w(t)^2)."""
-    t = (torch.arange(4 * n_fft, device=ratio.device, dtype=torch.float64) + 0.5) / (4 * n_fft) - 0.5
-
-    def hann(u):
-        return torch.where(u.abs() < 0.5, 0.5 + 0.5 * torch.cos(2 * math.pi * u), u.new_zeros(()))
-
-    r = ratio.double().unsqueeze(-1)
-    return ((r * hann(r * t) * hann(t)).sum(-1) / hann(t).pow(2).sum()).to(ratio.dtype)
+    A segment's choice depends only on the drift it inherits, one of 2 radius + 1 values, so each
+    segment's choice for every inherited drift is computed at once (a sliding-window argmax), and
+    the walk through the J segments is a prefix scan of those lookup tables: log2(J) gathers
+    instead of J steps."""
+    n, j, lags = score.shape
+    w = 2 * radius + 1  # the window of allowed lags; window s (s = radius - drift) is score[..., s : s + w]
+    # sliding-window argmax in two blocks of w (van Herk / Gil-Werman): suffix maxima of the first, prefix of the second
+    blocks = torch.nn.functional.pad(score, (0, 2 * w - lags), value=-math.inf).view(n, j, 2, w)
+    tail, tail_at = blocks[..., 0, :].flip(-1).cummax(-1)
+    tail, tail_at = tail.flip(-1), (w - 1) - tail_at.flip(-1)  # max of window s's part in block 0, and where
+    head, head_at = blocks[..., 1, :].cummax(-1)  # head[s - 1]: max of its part in block 1 (none when s = 0)
+    head = torch.nn.functional.pad(head[..., :-1], (1, 0), value=-math.inf)
+    head_at = torch.nn.functional.pad(head_at[..., :-1], (1, 0)) + w
+    choice = torch.where(head > tail, head_at, tail_at)  # [N, J, w]: window s's best index
+    starts = torch.arange(w, device=score.device)
+    table = starts + 2 * radius - choice  # the window the next segment gets: s - (choice - 2 radius)
+    # prefix scan: after it, table[:, i, s] is the window segment i+1 gets when segment 0 got window s
+    span = 1
+    while span < j:
+        table[:, span:] = table[:, span:].gather(-1, table[:, :-span])
+        span *= 2
+    windows = torch.cat([torch.full((n, 1), radius, device=score.device, dtype=torch.long),  # drift 0
+                         table[..., radius]], dim=1)  # [N, J + 1]
+    return windows[:, :-1] + 2 * radius - windows[:, 1:]

@@ -17,6 +17,7 @@ from clmr_ray.config import SPECTROGRAM_AUGS, WAVEFORM_AUGS, AugmentSpec, MelSpe
 from clmr_ray.models.frontend import LogMel
 
 MASK_DIMS = {"freq_mask": FREQ_DIM, "time_mask": TIME_DIM}
+ROW_AUGS = {"noise", "filter", "pitch", "reverb"}  # applied through _on_rows
 
 
 class AugmentPipeline(nn.Module):
@@ -59,6 +60,8 @@ class AugmentPipeline(nn.Module):
             return self._augment(x, generator, others)
 
     def _augment(self, x, generator, others):
+        if x.device.type != "cuda" and ROW_AUGS.intersection(self.waveform_augs):
+            x = x.clone()  # _on_rows writes the selected rows in place on CPU: a copy of our own, once
         for name in self.waveform_augs:
             aug = getattr(self.spec, name)
             selected = torch.rand(x.shape[0], generator=generator, device=x.device) < aug.p
@@ -80,8 +83,9 @@ class AugmentPipeline(nn.Module):
         never = torch.full((), float("inf"), device=device)  # the SNR of "add nothing" (a kernel, no copy: CUDA graphs)
         if name == "polarity":
             return A.invert_polarity(x, selected)
-        if name == "noise":
-            return A.add_white_noise(x, torch.where(selected, _uniform(n, aug.snr_db, g, device), never), g)
+        if name == "noise":  # on CPU only the selected rows draw noise: the generator is most of its cost
+            snr = torch.where(selected, _uniform(n, aug.snr_db, g, device), never)
+            return _on_rows(x, selected, lambda r: A.add_white_noise(x[r], snr[r], g))
         if name == "gain":
             return A.apply_gain(x, _uniform(n, aug.gain_db, g, device) * selected)
         if name == "filter":
@@ -97,7 +101,7 @@ class AugmentPipeline(nn.Module):
         if name == "pitch":
             lo, hi = aug.semitones
             steps = lo + (torch.rand(n, generator=g, device=device) * (hi - lo + 1)).floor().clamp_max(hi - lo)
-            return A.pitch_shift(x, steps * selected, sr)
+            return _on_rows(x, selected & (steps != 0), lambda r: A.pitch_shift(x[r], steps[r], sr))
         if name == "reverb":
             rt60, wet = _uniform(n, aug.rt60_s, g, device), _uniform(n, aug.wet, g, device)
             longest = aug.rt60_s[1] if device.type == "cuda" else None  # CPU: the batch's own longest rt60
@@ -115,16 +119,16 @@ def _uniform(n: int, bounds: tuple[float, float], g, device) -> torch.Tensor:
 
 def _on_rows(x: torch.Tensor, selected: torch.Tensor, fn) -> torch.Tensor:
     """fn(rows) -> new rows, kept where selected [N] is True. On CPU fn sees only the selected rows
-    (expensive ops skip the others); on CUDA it sees them all (rows = slice(None)): finding the
+    (expensive ops skip the others) and they are written into x in place (x is the pipeline's own
+    copy); on CUDA it sees them all (rows = slice(None)) and a new tensor comes back: finding the
     selected ones would make the host wait for the GPU, and a CUDA graph cannot hold that wait."""
     if x.device.type == "cuda":
         return torch.where(selected.unsqueeze(-1), fn(slice(None)), x)
     rows = selected.nonzero().squeeze(-1)
     if rows.numel() == 0:
         return x
-    out = x.clone()
-    out[rows] = fn(rows)
-    return out
+    x[rows] = fn(rows)
+    return x
 
 
 def _waveforms(x: torch.Tensor) -> torch.Tensor:

@@ -101,14 +101,102 @@ def cents_off(y: torch.Tensor, expected_hz: torch.Tensor, sample_rate: int) -> t
 
 @pytest.mark.parametrize(("sample_rate", "tone_hz"), [(8000, 440.0), (8000, 1234.5), (22050, 110.0), (22050, 3000.0)])
 def test_pitch_shift_moves_a_tone_within_a_cent_and_keeps_its_level(sample_rate, tone_hz):
-    """Tolerances: pitch within 1 cent of 2^(s/12) (measured: < 0.3); level within 2 dB (measured: < 1.8,
-    the loss of interpolating each partial's spectral peak)."""
+    """Tolerances: pitch within 1 cent of 2^(s/12) (measured: < 0.2); level within 1 dB (measured: < 0.7,
+    linear interpolation's roll-off, largest for the tones at 14-15 % of the sample rate; the phase
+    vocoder before WSOLA lost up to 1.8 dB at any frequency)."""
     t = torch.arange(2 * sample_rate) / sample_rate
     x = (0.5 * torch.sin(2 * math.pi * tone_hz * t)).repeat(11, 1)
     steps = torch.arange(-5.0, 6.0)
     y = A.pitch_shift(x, steps, sample_rate)[:, 1000:-1000]  # away from the edges
     assert cents_off(y, tone_hz * 2 ** (steps / 12), sample_rate).abs().max() < 1.0
-    assert db(A.rms(y) / A.rms(x)).abs().max() < 2.0
+    assert db(A.rms(y) / A.rms(x)).abs().max() < 1.0
+
+
+def harmonic_tone(f0: float, sample_rate: int, seconds: float, partials: int) -> torch.Tensor:
+    """A sawtooth-like tone: partials h = 1..partials at 1/h, phases fixed but not aligned."""
+    t = torch.arange(int(seconds * sample_rate), dtype=torch.float64) / sample_rate
+    return sum(torch.sin(2 * math.pi * f0 * h * t + h * h) / h for h in range(1, partials + 1)).float() * 0.3
+
+
+@pytest.mark.parametrize("f0", [55.0, 220.0])
+def test_pitch_shift_keeps_a_harmonic_tone_harmonic(f0):
+    """Segments joined where they continue each other: all but 1e-3 of the energy stays on the shifted
+    partials (within 10 Hz); joined out of phase, the seams would spread it between them."""
+    sr = 22050
+    x = harmonic_tone(f0, sr, 2.7, partials=12).repeat(11, 1)
+    steps = torch.arange(-5.0, 6.0)
+    y = A.pitch_shift(x, steps, sr)[:, 4096:-4096].double()
+    n = 1 << 18
+    spectrum = torch.fft.rfft(y * torch.hann_window(y.shape[-1], dtype=torch.float64), n).abs().square()
+    hz = torch.arange(spectrum.shape[-1]) * sr / n
+    f = (f0 * 2 ** (steps.double() / 12)).unsqueeze(-1)
+    on_partials = sum(((hz - h * f).abs() < 10).double() for h in range(1, 13))
+    assert ((spectrum * on_partials).sum(-1) / spectrum.sum(-1)).min() > 0.999
+
+
+def test_pitch_shift_of_white_noise_loses_what_linear_interpolation_loses():
+    """Reading between samples by linear interpolation keeps, on average over the fractions, 2/3 of the
+    power of white noise (-1.76 dB); the unshifted row stays as it was. Music, with little at the top
+    of its band, loses much less (tones: the test above)."""
+    x = 0.3 * torch.randn(11, 3 * SR, generator=gen(4))
+    steps = torch.arange(-5.0, 6.0)
+    change = db(A.rms(A.pitch_shift(x, steps, SR)) / A.rms(x))
+    assert change[steps == 0].item() == 0.0
+    assert ((change[steps != 0] - 10 * math.log10(2 / 3)).abs() < 0.4).all()
+
+
+def test_pitch_shift_of_silence_is_silence():
+    silent = torch.zeros(3, SR)
+    assert torch.equal(A.pitch_shift(silent, torch.tensor([-5.0, 2.0, 5.0]), SR), silent)
+
+
+@pytest.mark.parametrize("samples", [50, 700, 3000])
+def test_pitch_shift_of_crops_shorter_than_its_segments_and_margins(samples):
+    """82 ms segments are 656 samples at 8 kHz; the mirrored margins 3 segments and a search radius."""
+    x = 0.3 * torch.randn(3, samples, generator=gen(5))
+    y = A.pitch_shift(x, torch.tensor([-5.0, 3.0, 12.0]), SR)
+    assert y.shape == x.shape and torch.isfinite(y).all() and not torch.equal(y, x)
+
+
+def test_pitch_shift_clamps_to_an_octave():
+    x = sine(300).repeat(2, 1)
+    assert torch.equal(A.pitch_shift(x, torch.tensor([20.0, -15.0]), SR), A.pitch_shift(x, torch.tensor([12.0, -12.0]), SR))
+
+
+def test_wsola_timing_stays_within_the_search_radius():
+    """Noise continues itself best where segments overlap: without the bound, each segment would read on
+    from the last and the crop would drift by (1 - ratio) x its length."""
+    sr = 22050
+    x = 0.3 * torch.randn(6, 59049, generator=gen(6))
+    ratio = 2 ** (torch.tensor([-5.0, -3.0, -1.0, 1.0, 3.0, 5.0]) / 12)
+    geo = A.WsolaGeometry.at(sr)
+    segments = -(-x.shape[-1] // geo.hop)
+    offsets = A.wsola_offsets(x, ratio, geo, segments)
+    nominal = (1 - ratio).unsqueeze(-1) * (torch.arange(segments) * geo.hop + geo.segment / 2)
+    drift = (offsets - nominal).abs()
+    assert drift.max() <= geo.search + 2 * geo.decimate  # + rounding of the nominal lags and the parabola's shift
+    assert drift.max() > geo.search / 2  # noise does drift as far as it may
+    silent = A.wsola_offsets(torch.zeros_like(x), ratio, geo, segments)  # nothing to match: the nominal lag
+    assert (silent - nominal).abs().max() <= geo.decimate / 2 + 1e-3
+
+
+def walk_one_segment_at_a_time(score: torch.Tensor, radius: int) -> torch.Tensor:
+    """wsola_walk's definition, directly: each segment takes the best lag that keeps |drift| <= radius."""
+    n, j, _ = score.shape
+    drift, taken = torch.zeros(n, dtype=torch.long), []
+    for i in range(j):
+        low = radius - drift  # lags m - 2 radius with |drift + m - 2 radius| <= radius
+        window = score[:, i].gather(1, low.unsqueeze(-1) + torch.arange(2 * radius + 1))
+        best = window.argmax(-1) + low
+        drift = drift + best - 2 * radius
+        taken.append(best)
+    return torch.stack(taken, dim=-1)
+
+
+@pytest.mark.parametrize(("segments", "radius"), [(1, 1), (2, 3), (7, 1), (38, 40), (50, 6)])
+def test_wsola_walk_is_the_segment_by_segment_walk(segments, radius):
+    score = torch.randn(4, segments, 4 * radius + 1, generator=gen(segments + radius))
+    assert torch.equal(A.wsola_walk(score, radius), walk_one_segment_at_a_time(score, radius))
 
 
 def test_pitch_shift_of_a_row_does_not_depend_on_the_rest_of_the_batch():
@@ -238,6 +326,16 @@ def test_masks_default_to_the_example_mean_and_respect_selection():
 # ------------------------------------------------------------------------ pipeline
 
 
+def test_the_pipeline_leaves_its_input_as_it_was():
+    """On CPU the selected rows are written in place, into the pipeline's own copy of the batch."""
+    spec = preset("paper")
+    x = 0.3 * torch.randn(6, 6561, generator=gen(9))
+    before = x.clone()
+    for augment in (spec.audio.augment, AugmentSpec(reverb=dataclasses.replace(AugmentSpec().reverb, enabled=True))):
+        AugmentPipeline(augment, spec.data.sample_rate)(x, gen())
+        assert torch.equal(x, before)
+
+
 def test_everything_disabled_is_the_identity():
     x = torch.randn(4, 2000)
     pipe = AugmentPipeline(disabled(), SR)
@@ -344,7 +442,7 @@ def test_filter_tail_bound_is_the_tail_of_the_slowest_biquad_in_range(sample_rat
 
 
 def test_audio_pipeline_does_not_depend_on_the_thread_count():
-    """Pitch phases are summed in integers and the FFTs split work by rows: the same bits on 1 or 2 threads."""
+    """Every op computes each output element alone or splits work by rows: the same bits on 1 or 2 threads."""
     spec = preset("paper")
     x = 0.1 * torch.randn(4, 59049, generator=gen(6))
     threads = torch.get_num_threads()
@@ -356,18 +454,6 @@ def test_audio_pipeline_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(*outs)
-
-
-@pytest.mark.parametrize(("n_fft", "length"), [(512, 59049), (256, 4000)])
-def test_frame_major_stft_and_its_inverse_are_torchs(n_fft, length):
-    x = 0.3 * torch.randn(3, length, generator=gen(5))
-    hop, window = n_fft // 4, torch.hann_window(n_fft)
-    spec = A.frame_stft(x, n_fft, hop, window)
-    reference = torch.stft(x, n_fft, hop, window=window, return_complex=True)
-    assert spec.is_contiguous() and torch.allclose(spec, reference.transpose(1, 2), atol=1e-5)
-    back = A.frame_istft(spec, hop, window, length)
-    assert torch.allclose(back, torch.istft(reference, n_fft, hop, window=window, length=length), atol=1e-6)
-    assert torch.allclose(back, x, atol=1e-5)
 
 
 def test_recursive_filter_leaves_onednn_as_it_found_it():

@@ -45,6 +45,7 @@ def test_hash_ignores_dataset_path_but_not_hyperparameters():
         ({"pretrain": {"batch_size": 1}}, "NT-Xent needs at least 2"),
         ({"pretrain": {"objective": "cross_format"}}, "set format: both"),
         ({"data": {"dataset": "gtzann"}}, "did you mean 'gtzan'"),
+        ({"audio": {"augment": {"pitch": {"semitones": [-5, 14]}}}}, "audio.augment.pitch.semitones: an octave either"),
     ],
 )
 def test_bad_specs_fail_with_one_line_naming_the_key(overrides, message):
