@@ -17,7 +17,6 @@ from clmr_ray.config import SPECTROGRAM_AUGS, WAVEFORM_AUGS, AugmentSpec, MelSpe
 from clmr_ray.models.frontend import LogMel
 
 MASK_DIMS = {"freq_mask": FREQ_DIM, "time_mask": TIME_DIM}
-ROW_AUGS = {"noise", "filter", "pitch", "reverb"}  # applied through _on_rows
 
 
 class AugmentPipeline(nn.Module):
@@ -60,12 +59,11 @@ class AugmentPipeline(nn.Module):
             return self._augment(x, generator, others)
 
     def _augment(self, x, generator, others):
-        if x.device.type != "cuda" and ROW_AUGS.intersection(self.waveform_augs):
-            x = x.clone()  # _on_rows writes the selected rows in place on CPU: a copy of our own, once
+        source = x
         for name in self.waveform_augs:
             aug = getattr(self.spec, name)
             selected = torch.rand(x.shape[0], generator=generator, device=x.device) < aug.p
-            x = self._waveform_aug(name, aug, x, selected, generator, others)
+            x = self._waveform_aug(name, aug, x, selected, generator, others, owned=x is not source)
         if self.logmel is None:
             return x
         spec = self.logmel(x)
@@ -78,14 +76,15 @@ class AugmentPipeline(nn.Module):
                 spec = mask_along_axis(spec, int(aug.max_fraction * spec.shape[dim]), dim, generator, selected, mean)
         return spec
 
-    def _waveform_aug(self, name, aug, x, selected, g, others):
+    def _waveform_aug(self, name, aug, x, selected, g, others, owned):
+        """x after augmentation `name`; owned: x is no caller's tensor (an earlier op made it), so
+        _on_rows may write the selected rows into it."""
         n, sr, device = x.shape[0], self.sample_rate, x.device
         never = torch.full((), float("inf"), device=device)  # the SNR of "add nothing" (a kernel, no copy: CUDA graphs)
         if name == "polarity":
             return A.invert_polarity(x, selected)
-        if name == "noise":  # on CPU only the selected rows draw noise: the generator is most of its cost
-            snr = torch.where(selected, _uniform(n, aug.snr_db, g, device), never)
-            return _on_rows(x, selected, lambda r: A.add_white_noise(x[r], snr[r], g))
+        if name == "noise":
+            return A.add_white_noise(x, torch.where(selected, _uniform(n, aug.snr_db, g, device), never), g)
         if name == "gain":
             return A.apply_gain(x, _uniform(n, aug.gain_db, g, device) * selected)
         if name == "filter":
@@ -93,7 +92,7 @@ class AugmentPipeline(nn.Module):
             low, high = _uniform(n, aug.lowpass_hz, g, device), _uniform(n, aug.highpass_hz, g, device)
             cutoff = torch.where(highpass, high, low)
             lowest = min(aug.lowpass_hz[0], aug.highpass_hz[0])  # sizes the FFT on CUDA without a read-back
-            return _on_rows(x, selected, lambda r: A.biquad_filter(x[r], cutoff[r], highpass[r], sr,
+            return _on_rows(x, selected, owned, lambda r: A.biquad_filter(x[r], cutoff[r], highpass[r], sr,
                                                                    lowest_cutoff_hz=lowest))
         if name == "delay":
             delay = (_uniform(n, aug.delay_ms, g, device) * sr / 1000).round()
@@ -101,11 +100,11 @@ class AugmentPipeline(nn.Module):
         if name == "pitch":
             lo, hi = aug.semitones
             steps = lo + (torch.rand(n, generator=g, device=device) * (hi - lo + 1)).floor().clamp_max(hi - lo)
-            return _on_rows(x, selected & (steps != 0), lambda r: A.pitch_shift(x[r], steps[r], sr))
+            return _on_rows(x, selected & (steps != 0), owned, lambda r: A.pitch_shift(x[r], steps[r], sr))
         if name == "reverb":
             rt60, wet = _uniform(n, aug.rt60_s, g, device), _uniform(n, aug.wet, g, device)
             longest = aug.rt60_s[1] if device.type == "cuda" else None  # CPU: the batch's own longest rt60
-            return _on_rows(x, selected, lambda r: A.add_reverb(x[r], rt60[r], wet[r], sr, g, longest))
+            return _on_rows(x, selected, owned, lambda r: A.add_reverb(x[r], rt60[r], wet[r], sr, g, longest))
         if name == "noise_mix":
             snr = torch.where(selected, _uniform(n, aug.snr_db, g, device), never)
             return A.noise_mix(x, snr, aug.source, g, others)
@@ -117,18 +116,19 @@ def _uniform(n: int, bounds: tuple[float, float], g, device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
 
 
-def _on_rows(x: torch.Tensor, selected: torch.Tensor, fn) -> torch.Tensor:
+def _on_rows(x: torch.Tensor, selected: torch.Tensor, owned: bool, fn) -> torch.Tensor:
     """fn(rows) -> new rows, kept where selected [N] is True. On CPU fn sees only the selected rows
-    (expensive ops skip the others) and they are written into x in place (x is the pipeline's own
-    copy); on CUDA it sees them all (rows = slice(None)) and a new tensor comes back: finding the
+    (expensive ops skip the others), written into x in place when the pipeline owns x, else into a
+    copy; on CUDA it sees them all (rows = slice(None)) and a new tensor comes back: finding the
     selected ones would make the host wait for the GPU, and a CUDA graph cannot hold that wait."""
     if x.device.type == "cuda":
         return torch.where(selected.unsqueeze(-1), fn(slice(None)), x)
     rows = selected.nonzero().squeeze(-1)
     if rows.numel() == 0:
         return x
-    x[rows] = fn(rows)
-    return x
+    out = x if owned else x.clone()
+    out[rows] = fn(rows)
+    return out
 
 
 def _waveforms(x: torch.Tensor) -> torch.Tensor:
