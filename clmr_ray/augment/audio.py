@@ -231,7 +231,9 @@ def pitch_shift(x: torch.Tensor, semitones: torch.Tensor, sample_rate: int) -> t
     through WavAugment: 82 ms segments, each read at 2^(s/12) times the original speed (linear
     interpolation; this moves the pitch) and laid down every 70 ms with 12 ms crossfades, so length
     and timing stay; each segment's read position moves within +-14.68 ms of its nominal one to
-    where it best continues the segment before (wsola_offsets). Rows are independent."""
+    where it best continues the segment before (wsola_offsets). Rows are independent. No anti-alias
+    filter (SoX's rate effect has one): an upward shift folds what lies above
+    sample_rate / (2 ratio) back below Nyquist."""
     steps = semitones.round().clamp(-12, 12).to(x.dtype)
     ratio = torch.pow(2.0, steps / 12)
     if x.device.type == "cuda":  # every row, then keep x where the shift is 0: no wait for the GPU
