@@ -93,7 +93,7 @@ class AugmentPipeline(nn.Module):
             cutoff = torch.where(highpass, high, low)
             lowest = min(aug.lowpass_hz[0], aug.highpass_hz[0])  # sizes the FFT on CUDA without a read-back
             return _on_rows(x, selected, owned, lambda r: A.biquad_filter(x[r], cutoff[r], highpass[r], sr,
-                                                                   lowest_cutoff_hz=lowest))
+                                                                          lowest_cutoff_hz=lowest))
         if name == "delay":
             delay = (_uniform(n, aug.delay_ms, g, device) * sr / 1000).round()
             return A.add_delay(x, delay, aug.volume * selected)
