@@ -1,0 +1,71 @@
+"""What the paper-scale augmentation asks of a GPU, counted without one: the kernels it would launch
+and the bytes they would write, for one batch of views on fake CUDA tensors (torch's FakeTensorMode:
+shapes and devices, no data). Views and metadata queries are not kernels and are not counted.
+
+A proxy for the GPU time of a change to the augmentation, for a machine with no GPU: inside a CUDA
+graph each kernel costs a few microseconds to start, and most of these kernels are bound by the
+bytes they move.
+
+    python benchmarks/cuda_op_count.py [--preset paper] [--views 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from clmr_ray.augment import AugmentPipeline
+from clmr_ray.bench.augment import _only
+from clmr_ray.config import WAVEFORM_AUGS
+from clmr_ray.config import preset as load_preset
+
+
+class KernelCount(TorchDispatchMode):
+    """Counts the ops that would launch work (not views, not metadata) and the bytes they write."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernels = 0
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.namespace != "prim" and not func.is_view:
+            self.kernels += 1
+            self.bytes += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+def count(pipe: AugmentPipeline, views: int, samples: int) -> tuple[int, int]:
+    with FakeTensorMode():
+        x = torch.empty(views, samples, device="cuda")
+        with KernelCount() as counted:
+            pipe(x)
+    return counted.kernels, counted.bytes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"])
+    parser.add_argument("--views", type=int, default=96, help="crops in one call (default 96: batch 48, two views)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message="CUDA is not available")
+    spec = load_preset(args.preset)
+    sr, samples = spec.data.sample_rate, spec.pretrain.crop_samples
+    augment = spec.audio.augment
+    rows = [("audio pipeline", augment)] + [(f"  {name} alone", _only(augment, name))
+                                            for name in WAVEFORM_AUGS if getattr(augment, name).enabled]
+    print(f"fake CUDA, preset {args.preset}: {args.views} views x {samples} samples at {sr} Hz")
+    print(f"{'augmentation':<24} {'kernels':>8} {'MiB written':>12}")
+    for label, aug in rows:
+        kernels, written = count(AugmentPipeline(aug, sr), args.views, samples)
+        print(f"{label:<24} {kernels:>8} {written / 2**20:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()
