@@ -157,6 +157,24 @@ def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tens
     return torch.fft.irfft(torch.fft.rfft(x, size) * response, size)[..., :length]
 
 
+def on_rows(x: torch.Tensor, selected: torch.Tensor, fn, owned: bool = False) -> torch.Tensor:
+    """fn(rows) -> new rows of x [N, T], kept where selected [N] is True. On CPU fn sees only the
+    selected rows (expensive ops skip the others; all of x when all are selected), written into x in
+    place when the caller owns x, else into a copy; on CUDA it sees them all (rows = slice(None)):
+    finding the selected ones would make the host wait for the GPU, and a CUDA graph cannot hold
+    that wait."""
+    if x.device.type == "cuda":
+        return torch.where(selected.unsqueeze(-1), fn(slice(None)), x)
+    if selected.all():
+        return fn(slice(None))
+    rows = selected.nonzero().squeeze(-1)
+    if rows.numel() == 0:
+        return x
+    out = x if owned else x.clone()
+    out[rows] = fn(rows)
+    return out
+
+
 @contextmanager
 def _without_onednn():
     """ATen's own convolution instead of oneDNN's. lfilter's FIR part is a grouped conv1d, one 3-tap
@@ -236,17 +254,7 @@ def pitch_shift(x: torch.Tensor, semitones: torch.Tensor, sample_rate: int) -> t
     sample_rate / (2 ratio) back below Nyquist."""
     steps = semitones.round().clamp(-12, 12).to(x.dtype)
     ratio = torch.pow(2.0, steps / 12)
-    if x.device.type == "cuda":  # every row, then keep x where the shift is 0: no wait for the GPU
-        return torch.where((steps != 0).unsqueeze(-1), wsola_resample(x, ratio, sample_rate), x)
-    moves = steps != 0  # on CPU, only the rows that move
-    if moves.all():
-        return wsola_resample(x, ratio, sample_rate)
-    rows = moves.nonzero().squeeze(-1)
-    if rows.numel() == 0:
-        return x
-    out = x.clone()
-    out[rows] = wsola_resample(x[rows], ratio[rows], sample_rate)
-    return out
+    return on_rows(x, steps != 0, lambda rows: wsola_resample(x[rows], ratio[rows], sample_rate))
 
 
 @dataclass(frozen=True)

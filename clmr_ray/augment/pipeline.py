@@ -78,7 +78,7 @@ class AugmentPipeline(nn.Module):
 
     def _waveform_aug(self, name, aug, x, selected, g, others, owned):
         """x after augmentation `name`; owned: x is no caller's tensor (an earlier op made it), so
-        _on_rows may write the selected rows into it."""
+        on_rows may write the selected rows into it."""
         n, sr, device = x.shape[0], self.sample_rate, x.device
         never = torch.full((), float("inf"), device=device)  # the SNR of "add nothing" (a kernel, no copy: CUDA graphs)
         if name == "polarity":
@@ -92,19 +92,19 @@ class AugmentPipeline(nn.Module):
             low, high = _uniform(n, aug.lowpass_hz, g, device), _uniform(n, aug.highpass_hz, g, device)
             cutoff = torch.where(highpass, high, low)
             lowest = min(aug.lowpass_hz[0], aug.highpass_hz[0])  # sizes the FFT on CUDA without a read-back
-            return _on_rows(x, selected, owned, lambda r: A.biquad_filter(x[r], cutoff[r], highpass[r], sr,
-                                                                          lowest_cutoff_hz=lowest))
+            return A.on_rows(x, selected, lambda r: A.biquad_filter(x[r], cutoff[r], highpass[r], sr,
+                                                                   lowest_cutoff_hz=lowest), owned)
         if name == "delay":
             delay = (_uniform(n, aug.delay_ms, g, device) * sr / 1000).round()
             return A.add_delay(x, delay, aug.volume * selected)
         if name == "pitch":
             lo, hi = aug.semitones
             steps = lo + (torch.rand(n, generator=g, device=device) * (hi - lo + 1)).floor().clamp_max(hi - lo)
-            return _on_rows(x, selected & (steps != 0), owned, lambda r: A.pitch_shift(x[r], steps[r], sr))
+            return A.on_rows(x, selected & (steps != 0), lambda r: A.pitch_shift(x[r], steps[r], sr), owned)
         if name == "reverb":
             rt60, wet = _uniform(n, aug.rt60_s, g, device), _uniform(n, aug.wet, g, device)
             longest = aug.rt60_s[1] if device.type == "cuda" else None  # CPU: the batch's own longest rt60
-            return _on_rows(x, selected, owned, lambda r: A.add_reverb(x[r], rt60[r], wet[r], sr, g, longest))
+            return A.on_rows(x, selected, lambda r: A.add_reverb(x[r], rt60[r], wet[r], sr, g, longest), owned)
         if name == "noise_mix":
             snr = torch.where(selected, _uniform(n, aug.snr_db, g, device), never)
             return A.noise_mix(x, snr, aug.source, g, others)
@@ -114,21 +114,6 @@ class AugmentPipeline(nn.Module):
 def _uniform(n: int, bounds: tuple[float, float], g, device) -> torch.Tensor:
     lo, hi = bounds
     return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
-
-
-def _on_rows(x: torch.Tensor, selected: torch.Tensor, owned: bool, fn) -> torch.Tensor:
-    """fn(rows) -> new rows, kept where selected [N] is True. On CPU fn sees only the selected rows
-    (expensive ops skip the others), written into x in place when the pipeline owns x, else into a
-    copy; on CUDA it sees them all (rows = slice(None)) and a new tensor comes back: finding the
-    selected ones would make the host wait for the GPU, and a CUDA graph cannot hold that wait."""
-    if x.device.type == "cuda":
-        return torch.where(selected.unsqueeze(-1), fn(slice(None)), x)
-    rows = selected.nonzero().squeeze(-1)
-    if rows.numel() == 0:
-        return x
-    out = x if owned else x.clone()
-    out[rows] = fn(rows)
-    return out
 
 
 def _waveforms(x: torch.Tensor) -> torch.Tensor:
