@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import torchaudio.functional as AF
 
 EPS = 1e-8
@@ -19,7 +20,7 @@ EPS = 1e-8
 
 def rms(x: torch.Tensor) -> torch.Tensor:
     """Root mean square of each row: [N, T] -> [N]."""
-    return x.pow(2).mean(dim=-1).sqrt()
+    return torch.linalg.vector_norm(x, dim=-1) / math.sqrt(x.shape[-1])
 
 
 def db_to_amplitude(db: torch.Tensor) -> torch.Tensor:
@@ -132,16 +133,20 @@ def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tens
     """Per-example low-pass (highpass False) or high-pass (True) at cutoff_hz.
 
     method "recursive": the biquad's recurrence, sample by sample (torchaudio's lfilter, each
-    row with its own coefficients): fastest on CPU, but a sequential loop over time on a GPU.
+    row with its own coefficients): a sequential loop over time, ~4 ns a sample on a CPU core.
+    method "blocks": the same recurrence solved FILTER_BLOCK samples at a time (biquad_blocks): one
+    matrix product per block and a short scan across blocks; on CPU 2.5x faster than "recursive"
+    and closer to float64 (6 crops of 59,049 samples: 3e-8 of a 0.45 peak off, lfilter 2e-6).
     method "fft": one multiplication of each row's rfft by its own frequency response, magnitude
     and phase, parallel over time and rows; the FFT is long enough for the slowest impulse
     response to die out before it wraps around, so it matches "recursive" to float rounding.
-    "auto": fft on CUDA, recursive elsewhere. lowest_cutoff_hz (a bound on cutoff_hz) sizes the
-    FFT without reading cutoff_hz back to the host, which would wait for the GPU."""
+    "auto": fft on CUDA (measured there), blocks elsewhere. lowest_cutoff_hz (a bound on
+    cutoff_hz) sizes the FFT and the scan without reading cutoff_hz back to the host, which would
+    wait for the GPU."""
     if method == "auto":
-        method = "fft" if x.device.type == "cuda" else "recursive"
-    if method not in ("fft", "recursive"):
-        raise ValueError(f"biquad_filter.method: unknown method '{method}'; choose one of auto, fft, recursive")
+        method = "fft" if x.device.type == "cuda" else "blocks"
+    if method not in ("blocks", "fft", "recursive"):
+        raise ValueError(f"biquad_filter.method: unknown method '{method}'; choose one of auto, blocks, fft, recursive")
     if method == "recursive":
         cutoff_hz = cutoff_hz.to(x.dtype).clamp(1.0, 0.45 * sample_rate)
         a, b = biquad_coefficients(cutoff_hz, highpass, sample_rate)
@@ -152,9 +157,47 @@ def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tens
     a, b = biquad_coefficients(cutoff_hz, highpass, sample_rate)
     length = x.shape[-1]
     tail = biquad_tail(a) if lowest_cutoff_hz is None else biquad_tail_bound(lowest_cutoff_hz, sample_rate)
+    if method == "blocks":
+        return biquad_blocks(x, a, b, tail)
     size = 1 << (length + tail - 1).bit_length()  # a power of two: fast on every FFT backend
     response = biquad_response(a, b, size).to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
     return torch.fft.irfft(torch.fft.rfft(x, size) * response, size)[..., :length]
+
+
+FILTER_BLOCK = 32  # samples per block of biquad_filter's method "blocks"
+
+
+def biquad_blocks(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, tail: int, block: int = FILTER_BLOCK) -> torch.Tensor:
+    """Each row of x [N, T] through its own biquad (a, b [N, 3], float64, a0 = 1, a pair of complex
+    poles as for any Q above 1/2), `block` samples at a time; ringing that has fallen below 1e-9
+    after `tail` samples (biquad_tail) is dropped.
+
+    The impulse response is h[0] = b0 and h[m] = Re(C p^m) for m >= 1 (p the pole of positive
+    angle, C twice its residue), so all a block's input leaves ringing past its end is one complex
+    amplitude, sum_j x[j] C p^(block - j). One matrix product per block gives the block's own
+    response (h's Toeplitz matrix) and that amplitude (two more columns). Block b starts with the
+    ringing ring_b = P ring_(b-1) + left_(b-1), P = p^block, found for all blocks at once by
+    doubling (a scan of log2(tail / block) steps), and adds Re(ring_b p^i) to its sample i."""
+    n, length = x.shape
+    a1, a2 = a[:, 1:2], a[:, 2:]
+    pole = torch.complex(a1 / -2, (a2 - a1 * a1 / 4).clamp_min(0).sqrt())  # a root of z^2 + a1 z + a2
+    powers = pole ** torch.arange(block + 1, device=x.device, dtype=a.dtype)  # p^m, m = 0 .. block: [N, block + 1]
+    inverse = 1 / pole
+    amplitude = 2 * (b[:, :1] + inverse * (b[:, 1:2] + inverse * b[:, 2:])) / (1 - pole.conj() * inverse)
+    response = (amplitude * powers[:, :block]).real
+    response[:, 0] = b[:, 0]
+    toeplitz = F.pad(response, (block - 1, 0)).unfold(-1, block, 1).flip(1)  # [N, j, i] = h[i - j]
+    left = amplitude * powers[:, 1:].flip(-1)  # C p^(block - j): what x[j] leaves ringing at the block's end
+    weights = torch.cat([toeplitz, torch.view_as_real(left)], dim=-1).to(x.dtype)  # [N, block, block + 2]
+    blocks = -(-length // block)
+    per_block = torch.bmm(F.pad(x, (0, blocks * block - length)).view(n, blocks, block), weights)
+    ring = torch.view_as_complex(F.pad(per_block[:, :-1, block:], (0, 0, 1, 0)))  # [N, blocks]: left_(b-1)
+    step, span, reach = powers[:, block:].to(ring.dtype), 1, min(blocks, -(-tail // block) + 1)
+    while span < reach:
+        ring[:, span:] = torch.addcmul(ring[:, span:], step, ring[:, :-span])
+        step, span = step * step, 2 * span
+    rings_into = torch.stack([powers[:, :block].real, -powers[:, :block].imag], dim=1).to(x.dtype)  # Re(ring p^i)
+    return torch.baddbmm(per_block[..., :block], torch.view_as_real(ring), rings_into).view(n, -1)[:, :length]
 
 
 def on_rows(x: torch.Tensor, selected: torch.Tensor, fn, owned: bool = False) -> torch.Tensor:
@@ -293,7 +336,7 @@ def wsola_resample(x: torch.Tensor, ratio: torch.Tensor, sample_rate: int) -> to
     mirror = min(margin, length - 1)
     padded = torch.cat([x[:, 1 : mirror + 1].flip(-1), x, x[:, -mirror - 1 : -1].flip(-1)], dim=-1)
     if mirror < margin:  # a crop shorter than the margin: silence beyond its mirror images
-        padded = torch.nn.functional.pad(padded, (margin - mirror, margin - mirror))
+        padded = F.pad(padded, (margin - mirror, margin - mirror))
     # Segment k reads at start_k + ratio u, u = 0 .. segment - 1: whole and fractional parts of start_k apart, so
     # positions stay exact to float32 precision of numbers below 2 segments, not of the whole padded crop.
     start = (ratio.double().unsqueeze(-1) * (torch.arange(segments, device=x.device) * hop)).add_(offsets).add_(margin)
@@ -334,7 +377,7 @@ def wsola_offsets(x: torch.Tensor, ratio: torch.Tensor, geo: WsolaGeometry, segm
     span = width + lags - 1
     # coarse samples from here on: sums of d samples, padded so that no window below leaves them
     pad = span + 3 * -(-geo.segment // d)
-    coarse = torch.nn.functional.pad(sum(x[:, : length // d * d].view(n, -1, d).unbind(-1)), (pad, pad))
+    coarse = F.pad(sum(x[:, : length // d * d].view(n, -1, d).unbind(-1)), (pad, pad))
     step = (shrink * (k * (geo.hop / d))).round_().diff(dim=-1)  # [N, K-1]: the nominal lags, whole coarse samples
     # where segment k-1 reads at output time k hop, where it starts to overlap segment k
     at = (k[1:] * (geo.hop / d) + shrink * ((geo.segment / 2 - geo.hop) / d)).round_().add_(pad)
@@ -344,7 +387,7 @@ def wsola_offsets(x: torch.Tensor, ratio: torch.Tensor, geo: WsolaGeometry, segm
     ours, theirs = ours.view(n, segments - 1, width), theirs.view(n, segments - 1, span)
     nfft = 1 << (span - 1).bit_length()
     corr = torch.fft.irfft(torch.fft.rfft(theirs, nfft) * torch.fft.rfft(ours, nfft).conj_physical(), nfft)
-    energy = torch.nn.functional.pad(theirs.square().cumsum(-1), (1, 0))
+    energy = F.pad(theirs.square().cumsum(-1), (1, 0))
     energy = (energy[..., width:] - energy[..., :lags]).mul_(ours.square().sum(-1, keepdim=True))
     away = (torch.arange(lags, device=device, dtype=dtype) - 2 * radius).abs_().mul_(MOVE_PENALTY / (2 * radius))
     score = energy.clamp_min_(1e-20).rsqrt_().mul_(corr[..., :lags]).sub_(away)  # [N, K-1, lags]
@@ -372,12 +415,12 @@ def wsola_walk(score: torch.Tensor, radius: int) -> torch.Tensor:
     n, j, lags = score.shape
     w = 2 * radius + 1  # the window of allowed lags; window s (s = radius - drift) is score[..., s : s + w]
     # sliding-window argmax in two blocks of w (van Herk / Gil-Werman): suffix maxima of the first, prefix of the second
-    blocks = torch.nn.functional.pad(score, (0, 2 * w - lags), value=-math.inf).view(n, j, 2, w)
+    blocks = F.pad(score, (0, 2 * w - lags), value=-math.inf).view(n, j, 2, w)
     tail, tail_at = blocks[..., 0, :].flip(-1).cummax(-1)
     tail, tail_at = tail.flip(-1), (w - 1) - tail_at.flip(-1)  # max of window s's part in block 0, and where
     head, head_at = blocks[..., 1, :].cummax(-1)  # head[s - 1]: max of its part in block 1 (none when s = 0)
-    head = torch.nn.functional.pad(head[..., :-1], (1, 0), value=-math.inf)
-    head_at = torch.nn.functional.pad(head_at[..., :-1], (1, 0)) + w
+    head = F.pad(head[..., :-1], (1, 0), value=-math.inf)
+    head_at = F.pad(head_at[..., :-1], (1, 0)) + w
     choice = torch.where(head > tail, head_at, tail_at)  # [N, J, w]: window s's best index
     starts = torch.arange(w, device=score.device)
     table = starts + 2 * radius - choice  # the window the next segment gets: s - (choice - 2 radius)

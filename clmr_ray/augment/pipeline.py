@@ -84,7 +84,8 @@ class AugmentPipeline(nn.Module):
         if name == "polarity":
             return A.invert_polarity(x, selected)
         if name == "noise":
-            return A.add_white_noise(x, torch.where(selected, _uniform(n, aug.snr_db, g, device), never), g)
+            snr = _uniform(n, aug.snr_db, g, device)
+            return A.on_rows(x, selected, lambda r: A.add_white_noise(x[r], snr[r], g), owned)
         if name == "gain":
             return A.apply_gain(x, _uniform(n, aug.gain_db, g, device) * selected)
         if name == "filter":

@@ -108,6 +108,9 @@ def test_augment_benchmark_times_the_same_draws_for_each_seed(capsys):
     assert result["seeds"] == 2 and result["audio"]["batched_crops_per_s"] > 0
     out = capsys.readouterr().out
     assert "mean over 2 seeds of the best of 1 calls" in out and "% of the log-mel's throughput" in out
+    rates = augment.filter_methods(0.1 * torch.randn(3, 500), 8000, seeds=1, repeats=1)
+    assert list(rates) == ["blocks", "fft", "recursive"] and all(r > 0 for r in rates.values())
+    assert "biquad_filter on every crop: blocks" in augment.report({**result, "filter_methods": rates})
     for argv, message in ((["--seeds", "0"], "--seeds: must be >= 1"), (["--batch", "1"], "--batch: noise mixing")):
         with pytest.raises(SystemExit):
             augment.main(argv)
