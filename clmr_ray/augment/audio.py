@@ -342,11 +342,10 @@ def wsola_resample(x: torch.Tensor, ratio: torch.Tensor, sample_rate: int) -> to
     start = (ratio.double().unsqueeze(-1) * (torch.arange(segments, device=x.device) * hop)).add_(offsets).add_(margin)
     whole = start.floor()
     local = torch.addcmul((start - whole).to(x.dtype).unsqueeze(-1), ratio.view(n, 1, 1),
-                          torch.arange(geo.segment, device=x.device, dtype=x.dtype))  # [N, K, segment]
-    below = local.floor()
-    weight = local.sub_(below)
-    index = below.long().add_(whole.long().clamp_(0, padded.shape[-1] - 2 * geo.segment - 3).unsqueeze(-1))
+                          torch.arange(geo.segment, device=x.device, dtype=x.dtype))  # [N, K, segment], >= 0
+    index = local.long().add_(whole.long().clamp_(0, padded.shape[-1] - 2 * geo.segment - 3).unsqueeze(-1))
     index = index.view(n, -1)
+    weight = local.frac_()  # local >= 0: long() truncates to the sample below, frac_ leaves the distance past it
     left = padded.gather(1, index)
     read = torch.lerp(left, padded.gather(1, index.add_(1)), weight.view(n, -1)).view(n, segments, geo.segment)
     fade_in = torch.sin((torch.arange(overlap, device=x.device, dtype=x.dtype) + 0.5) * (math.pi / 2 / overlap)) ** 2
