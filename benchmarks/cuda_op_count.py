@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from clmr_ray.augment import AugmentPipeline
+from clmr_ray.augment import audio as A
 from clmr_ray.bench.augment import _only
 from clmr_ray.config import WAVEFORM_AUGS
 from clmr_ray.config import preset as load_preset
@@ -49,6 +50,16 @@ def count(pipe: AugmentPipeline, views: int, samples: int) -> tuple[int, int]:
     return counted.kernels, counted.bytes
 
 
+def count_filter(method: str, views: int, samples: int, sample_rate: int, lowest_cutoff_hz: float) -> tuple[int, int]:
+    """biquad_filter by `method` on every view, sized from the spec's lowest cutoff as the pipeline does."""
+    with FakeTensorMode():
+        x = torch.empty(views, samples, device="cuda")
+        cutoff, highpass = torch.empty(views, device="cuda"), torch.empty(views, device="cuda", dtype=torch.bool)
+        with KernelCount() as counted:
+            A.biquad_filter(x, cutoff, highpass, sample_rate, method=method, lowest_cutoff_hz=lowest_cutoff_hz)
+    return counted.kernels, counted.bytes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"])
@@ -65,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     for label, aug in rows:
         kernels, written = count(AugmentPipeline(aug, sr), args.views, samples)
         print(f"{label:<24} {kernels:>8} {written / 2**20:>12.0f}")
+    lowest = min(augment.filter.lowpass_hz[0], augment.filter.highpass_hz[0])
+    for method in ("fft", "blocks"):  # the pipeline's CUDA filter is "fft"; "blocks" is the CPU's
+        kernels, written = count_filter(method, args.views, samples, sr, lowest)
+        print(f"{'  filter, ' + method + ' method':<24} {kernels:>8} {written / 2**20:>12.0f}")
 
 
 if __name__ == "__main__":

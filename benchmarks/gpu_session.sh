@@ -81,7 +81,7 @@ for f in before_step_bf16 before_step_fp32; do echo "-- $f"; grep -v '^\s*$' "$w
 echo "-- before_augment"; grep -E "^(audio|spectrogram|log-mel|  filter|  pitch)" "$work/before_augment.txt" 2>/dev/null
 echo "-- after: gpu_step.sh"
 sed -n '/^### Training step/,$p' "$work/gpu_step.txt" | grep -v '^\s*$'
-grep -E "^(audio|spectrogram|log-mel|  filter|  pitch)" "$work/step/augment.txt" 2>/dev/null
+grep -E "^(audio|spectrogram|log-mel|  filter|  pitch|biquad_filter)" "$work/step/augment.txt" 2>/dev/null
 echo "-- probe"
 grep -E "^(ceilings|encoder|samplecnn|resnet|profile of)" "$work/probe.txt"
 grep -B2 -A14 "^profile of audio bf16" "$work/probe.txt" | cut -c1-150 | tail -14

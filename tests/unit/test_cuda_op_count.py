@@ -39,4 +39,4 @@ def test_the_pipeline_on_fake_cuda_writes_at_least_its_output(op_count, capsys):
     assert kernels > 0 and written >= 4 * spec.pretrain.crop_samples * 4
     op_count.main(["--preset", "tiny", "--views", "4"])
     out = capsys.readouterr().out
-    assert "audio pipeline" in out and "pitch alone" in out
+    assert "audio pipeline" in out and "pitch alone" in out and "filter, blocks method" in out
