@@ -107,7 +107,8 @@ def test_augment_benchmark_times_the_same_draws_for_each_seed(capsys):
                            "--no-ops"])
     assert result["seeds"] == 2 and result["audio"]["batched_crops_per_s"] > 0
     out = capsys.readouterr().out
-    assert "mean over 2 seeds of the best of 1 calls" in out and "% of the log-mel's throughput" in out
+    assert "mean over 2 seeds of the best of 1 calls" in out and "% of the log-mel's throughput timed apart" in out
+    assert 0 < result["audio_share_interleaved"] and "% with their calls alternating" in out
     rates = augment.filter_methods(0.1 * torch.randn(3, 500), 8000, seeds=1, repeats=1)
     assert list(rates) == ["blocks", "fft", "recursive"] and all(r > 0 for r in rates.values())
     assert "biquad_filter on every crop: blocks" in augment.report({**result, "filter_methods": rates})
