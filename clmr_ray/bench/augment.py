@@ -71,7 +71,8 @@ def interleaved_share(audio: AugmentPipeline, spectro: AugmentPipeline, x: torch
     machine (README, Benchmarks)."""
     g = torch.Generator(device=x.device)
     for _ in range(3):
-        audio(x, g.manual_seed(0)), spectro.plain(x)
+        audio(x, g.manual_seed(0))
+        spectro.plain(x)
     audio_s = logmel_s = 0.0
     for seed in range(seeds):
         a, m = [], []
