@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from clmr_ray.augment import AugmentPipeline
+from clmr_ray.augment import audio as A
 from clmr_ray.config import SPECTROGRAM_AUGS, WAVEFORM_AUGS
 from clmr_ray.config import preset as load_preset
 from clmr_ray.pretrain import ContrastiveModel
@@ -134,3 +135,15 @@ def test_every_augmentation_stays_on_the_gpu(name):
         return pipe(torch.randn(6, spec.pretrain.crop_samples, device="cuda"))
 
     assert host_traffic(augment_batch, pipe) == []
+
+
+@pytest.mark.parametrize("method", ["fft", "blocks"])
+def test_both_parallel_filters_stay_on_the_gpu(method):
+    """The pipeline's CUDA filter is the FFT one; the block one (the CPU's) could replace it without a host read."""
+
+    def filter_batch(_):
+        x = torch.randn(6, 6561, device="cuda")
+        cutoff, highpass = 200 + 3800 * torch.rand(6, device="cuda"), torch.rand(6, device="cuda") < 0.5
+        return A.biquad_filter(x, cutoff, highpass, 8000, method=method, lowest_cutoff_hz=200.0)
+
+    assert host_traffic(filter_batch, torch.nn.Identity()) == []
