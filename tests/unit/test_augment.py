@@ -232,9 +232,10 @@ def test_parallel_filters_have_the_magnitude_response_of_the_recursive_biquad(sa
 
 @pytest.mark.parametrize("length", [1, 31, 32, 33, 1000, 20011])
 def test_block_filter_is_the_recurrence_to_float_rounding(length):
-    """Crops shorter than a block, not a whole number of blocks, and a 1 Hz cutoff (ringing longer than
-    the crop: the scan spans every block). In float64 it is lfilter's recurrence to 1e-9; in float32 it
-    is closer to that than lfilter's own float32 run (which drifts ~2e-6 of full scale)."""
+    """Crops shorter than a block, not a whole number of blocks, a 1 Hz cutoff (ringing longer than the
+    crop: the scan spans every block) and one above the clamp (0.45 x the sample rate). In float64 it is
+    lfilter's recurrence to 1e-9; in float32 it is closer to that than lfilter's own float32 run (which
+    drifts ~2e-6 of full scale)."""
     cutoff = torch.tensor([1.0, 200.0, 1200.0, 2200.0, 4000.0, 9922.5])
     highpass = torch.tensor([True, True, False, False, True, False])
     x = 0.5 * torch.randn(6, length, generator=gen(5), dtype=torch.float64)
@@ -400,6 +401,18 @@ def test_probability_picks_a_random_subset():
     pipe = AugmentPipeline(disabled(polarity=dataclasses.replace(AugmentSpec().polarity, enabled=True, p=0.3)), SR)
     flipped = (pipe(x, gen())[:, 0] != x[:, 0]).float().mean()
     assert flipped == pytest.approx(0.3, abs=0.08)
+
+
+def test_white_noise_reaches_the_chosen_rows_only_and_leaves_the_input_alone():
+    """On CPU the noise is drawn for the chosen rows alone and written into a copy."""
+    x = torch.randn(1, 1000).repeat(400, 1)
+    before = x.clone()
+    pipe = AugmentPipeline(disabled(noise=dataclasses.replace(AugmentSpec().noise, enabled=True, p=0.5)), SR)
+    out = pipe(x, gen())
+    untouched = (out == x).all(dim=1)
+    assert torch.equal(x, before)
+    assert untouched.float().mean() == pytest.approx(0.5, abs=0.08)
+    assert ((out - x)[~untouched].abs() > 0).float().mean() > 0.99  # the others got noise on (almost) every sample
 
 
 @pytest.mark.parametrize("name", ["tiny", "paper"])
