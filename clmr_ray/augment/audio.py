@@ -147,6 +147,8 @@ def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tens
         method = "fft" if x.device.type == "cuda" else "blocks"
     if method not in ("blocks", "fft", "recursive"):
         raise ValueError(f"biquad_filter.method: unknown method '{method}'; choose one of auto, blocks, fft, recursive")
+    if x.shape[0] == 0:
+        return x.clone()
     if method == "recursive":
         cutoff_hz = cutoff_hz.to(x.dtype).clamp(1.0, 0.45 * sample_rate)
         a, b = biquad_coefficients(cutoff_hz, highpass, sample_rate)
@@ -206,6 +208,8 @@ def on_rows(x: torch.Tensor, selected: torch.Tensor, fn, owned: bool = False) ->
     place when the caller owns x, else into a copy; on CUDA it sees them all (rows = slice(None)):
     finding the selected ones would make the host wait for the GPU, and a CUDA graph cannot hold
     that wait."""
+    if x.shape[0] == 0:
+        return x
     if x.device.type == "cuda":
         return torch.where(selected.unsqueeze(-1), fn(slice(None)), x)
     if selected.all():

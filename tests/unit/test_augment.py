@@ -259,6 +259,14 @@ def test_filter_on_cpu_is_the_block_one():
     assert torch.equal(A.biquad_filter(x, cutoff, highpass, SR), A.biquad_filter(x, cutoff, highpass, SR, method="blocks"))
 
 
+def test_an_empty_batch_comes_back_empty():
+    empty = torch.zeros(0, 1000)
+    for method in ("auto", "blocks", "fft", "recursive"):
+        assert A.biquad_filter(empty, torch.zeros(0), torch.zeros(0, dtype=torch.bool), SR, method=method).shape == (0, 1000)
+    assert A.pitch_shift(empty, torch.zeros(0), SR).shape == (0, 1000)
+    assert AugmentPipeline(preset("paper").audio.augment, SR)(empty, gen()).shape == (0, 1000)
+
+
 def test_filter_method_errors_are_one_line():
     with pytest.raises(ValueError, match="biquad_filter.method: unknown method 'iir'; choose one of auto, blocks, fft, recursive"):
         A.biquad_filter(torch.randn(1, 100), torch.tensor([500.0]), torch.tensor([False]), SR, method="iir")
