@@ -350,8 +350,8 @@ def wsola_resample(x: torch.Tensor, ratio: torch.Tensor, sample_rate: int) -> to
     index = local.long().add_(whole.long().clamp_(0, padded.shape[-1] - 2 * geo.segment - 3).unsqueeze(-1))
     index = index.view(n, -1)
     weight = local.frac_()  # local >= 0: long() truncates to the sample below, frac_ leaves the distance past it
-    left = padded.gather(1, index)
-    read = torch.lerp(left, padded.gather(1, index.add_(1)), weight.view(n, -1)).view(n, segments, geo.segment)
+    left, right = padded.gather(1, index), padded[:, 1:].gather(1, index)  # the samples below and above
+    read = torch.lerp(left, right, weight.view(n, -1)).view(n, segments, geo.segment)
     fade_in = torch.sin((torch.arange(overlap, device=x.device, dtype=x.dtype) + 0.5) * (math.pi / 2 / overlap)) ** 2
     out = read[:, :, :hop].clone()
     out[:, 1:, :overlap].mul_(fade_in).addcmul_(read[:, :-1, hop:], 1 - fade_in)
