@@ -157,10 +157,10 @@ def biquad_filter(x: torch.Tensor, cutoff_hz: torch.Tensor, highpass: torch.Tens
     # Coefficients and response in float64: near 1 Hz, B and A both almost vanish at DC.
     cutoff_hz = cutoff_hz.double().clamp(1.0, 0.45 * sample_rate)
     a, b = biquad_coefficients(cutoff_hz, highpass, sample_rate)
-    length = x.shape[-1]
     tail = biquad_tail(a) if lowest_cutoff_hz is None else biquad_tail_bound(lowest_cutoff_hz, sample_rate)
     if method == "blocks":
         return biquad_blocks(x, a, b, tail)
+    length = x.shape[-1]
     size = 1 << (length + tail - 1).bit_length()  # a power of two: fast on every FFT backend
     response = biquad_response(a, b, size).to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
     return torch.fft.irfft(torch.fft.rfft(x, size) * response, size)[..., :length]
@@ -288,9 +288,10 @@ SEGMENT_MS, SEARCH_MS, OVERLAP_MS = 82.0, 14.68, 12.0
 SEARCH_RATE_HZ = 2756.25  # the alignment search runs on a copy averaged down to about this rate
 
 
-def pitch_shift(x: torch.Tensor, semitones: torch.Tensor, sample_rate: int) -> torch.Tensor:
+def pitch_shift(x: torch.Tensor, semitones: torch.Tensor, sample_rate: int, owned: bool = False) -> torch.Tensor:
     """Per-example pitch shift by semitones [N] (rounded to whole numbers and clamped to an octave
-    either way; 0 = unchanged), length kept.
+    either way; 0 = unchanged), length kept. owned: as on_rows's (the shifted rows may be written
+    into x).
 
     Waveform-similarity overlap-add (WSOLA), as SoX's pitch effect, which CLMR's pitch shift ran
     through WavAugment: 82 ms segments, each read at 2^(s/12) times the original speed (linear
@@ -301,7 +302,7 @@ def pitch_shift(x: torch.Tensor, semitones: torch.Tensor, sample_rate: int) -> t
     sample_rate / (2 ratio) back below Nyquist."""
     steps = semitones.round().clamp(-12, 12).to(x.dtype)
     ratio = torch.pow(2.0, steps / 12)
-    return on_rows(x, steps != 0, lambda rows: wsola_resample(x[rows], ratio[rows], sample_rate))
+    return on_rows(x, steps != 0, lambda rows: wsola_resample(x[rows], ratio[rows], sample_rate), owned)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ class AugmentPipeline(nn.Module):
         if name == "pitch":
             lo, hi = aug.semitones
             steps = lo + (torch.rand(n, generator=g, device=device) * (hi - lo + 1)).floor().clamp_max(hi - lo)
-            return A.on_rows(x, selected & (steps != 0), lambda r: A.pitch_shift(x[r], steps[r], sr), owned)
+            return A.pitch_shift(x, steps * selected, sr, owned)  # its own row selection: the shifts that are not 0
         if name == "reverb":
             rt60, wet = _uniform(n, aug.rt60_s, g, device), _uniform(n, aug.wet, g, device)
             longest = aug.rt60_s[1] if device.type == "cuda" else None  # CPU: the batch's own longest rt60
