@@ -54,7 +54,7 @@ def test_samplecnn_small_presets(name):
     print(f"samplecnn {name}: {count_parameters(encoder):,} parameters")
     assert encoder(torch.randn(3, samples)).shape == (3, spec.audio.encoder.out_dim)
     if name == "tiny":  # 6561 = 3^8: the last two blocks cannot pool any more
-        pools = [type(block[-1]).__name__ for block in encoder.blocks]
+        pools = [type(block[2]).__name__ for block in encoder.blocks]
         assert pools.count("Identity") == 2
 
 
@@ -181,3 +181,33 @@ def test_samplecnn_channels_last_path_computes_the_same_function(mode):
     for (name, a), b in zip(plain.named_buffers(), fast.buffers(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
     assert list(fast.state_dict()) == list(plain.state_dict())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_samplecnn_relu_after_pooling_is_bit_identical_to_relu_before(channels_last):
+    """The blocks apply their ReLU after the max-pool (a third of the samples): the outputs, every
+    gradient and the BatchNorm statistics equal, bit for bit, those of the textbook order
+    (BatchNorm, ReLU, max-pool) on the same weights, on the 1-D path and the channels-last one."""
+    def build():
+        torch.manual_seed(0)
+        net = build_encoder(EncoderSpec(name="samplecnn", width=0.25), crop_samples=6561)
+        net.channels_last = channels_last
+        return net
+
+    ours, textbook = build(), build()
+    for block in textbook.blocks:
+        assert isinstance(block[3], torch.nn.ReLU)
+        block[2], block[3] = block[3], block[2]  # Conv, BatchNorm, ReLU, MaxPool
+    assert any(isinstance(block[2], torch.nn.MaxPool1d) for block in ours.blocks)
+    x = torch.randn(6, 6561, generator=torch.Generator().manual_seed(1))
+    for _ in range(2):  # the second step sees the first one's BatchNorm statistics
+        outputs = [net(x) for net in (ours, textbook)]
+        assert torch.equal(outputs[0], outputs[1])
+        for net, y in zip((ours, textbook), outputs):
+            net.zero_grad()
+            y.square().sum().backward()
+        for (name, p), q in zip(ours.named_parameters(), textbook.parameters(), strict=True):
+            assert torch.equal(p.grad, q.grad), name
+    for (name, a), b in zip(ours.named_buffers(), textbook.buffers(), strict=True):
+        assert torch.equal(a, b), name
+    assert list(ours.state_dict()) == list(textbook.state_dict())
