@@ -1,8 +1,9 @@
-"""What the paper-scale augmentation asks of a GPU, counted without one: the kernels it would launch
-and the bytes they would write, for one batch of views on fake CUDA tensors (torch's FakeTensorMode:
-shapes and devices, no data). Views and metadata queries are not kernels and are not counted.
+"""What the paper-scale augmentation and encoders ask of a GPU, counted without one: the kernels they
+would launch and the bytes they would write, for one batch of views on fake CUDA tensors (torch's
+FakeTensorMode: shapes and devices, no data). Views and metadata queries are not kernels and are not
+counted; of the encoders, only the forward pass (autograd's engine wants a real GPU).
 
-A proxy for the GPU time of a change to the augmentation, for a machine with no GPU: inside a CUDA
+A proxy for the GPU time of a change to the augmentation or an encoder, for a machine with no GPU: inside a CUDA
 graph each kernel costs a few microseconds to start, and most of these kernels are bound by the
 bytes they move.
 
@@ -16,30 +17,15 @@ import warnings
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from clmr_ray.augment import AugmentPipeline
 from clmr_ray.augment import audio as A
 from clmr_ray.bench.augment import _only
+from clmr_ray.bench.fake_cuda import KernelCount, cuda_autocast, on_fake_cuda
 from clmr_ray.config import WAVEFORM_AUGS
 from clmr_ray.config import preset as load_preset
-
-
-class KernelCount(TorchDispatchMode):
-    """Counts the ops that would launch work (not views, not metadata) and the bytes they write."""
-
-    def __init__(self):
-        super().__init__()
-        self.kernels = 0
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.namespace != "prim" and not func.is_view:
-            self.kernels += 1
-            self.bytes += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
-        return out
+from clmr_ray.pretrain import ContrastiveModel
+from clmr_ray.speedups import Speedups
 
 
 def count(pipe: AugmentPipeline, views: int, samples: int) -> tuple[int, int]:
@@ -57,6 +43,19 @@ def count_filter(method: str, views: int, samples: int, sample_rate: int, lowest
         cutoff, highpass = torch.empty(views, device="cuda"), torch.empty(views, device="cuda", dtype=torch.bool)
         with KernelCount() as counted:
             A.biquad_filter(x, cutoff, highpass, sample_rate, method=method, lowest_cutoff_hz=lowest_cutoff_hz)
+    return counted.kernels, counted.bytes
+
+
+def count_encoder(spec, fmt: str, views: int) -> tuple[int, int]:
+    """The forward pass of `fmt`'s encoder as training runs it on CUDA (the CUDA speed-ups' layouts,
+    bf16 autocast) on `views` un-augmented crops; the backward pass cannot run on fake tensors."""
+    model = Speedups.for_device("cuda", deterministic=False).prepare_model(ContrastiveModel(spec, fmt))
+    mode = FakeTensorMode()
+    on_fake_cuda(mode, model)
+    with mode:
+        x = model.pipelines[fmt].plain(torch.empty(views, spec.pretrain.crop_samples, device="cuda"))
+        with KernelCount() as counted, cuda_autocast(torch.bfloat16):
+            model.encoders[fmt](x)
     return counted.kernels, counted.bytes
 
 
@@ -80,6 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     for method in ("fft", "blocks"):  # the pipeline's CUDA filter is "fft"; "blocks" is the CPU's
         kernels, written = count_filter(method, args.views, samples, sr, lowest)
         print(f"{'  filter, ' + method + ' method':<24} {kernels:>8} {written / 2**20:>12.0f}")
+    print(f"{'encoder forward (bf16)':<24} {'kernels':>8} {'MiB written':>12}")
+    for fmt in ("audio", "spectrogram"):
+        kernels, written = count_encoder(spec, fmt, args.views)
+        name = getattr(spec, fmt).encoder.name
+        print(f"{'  ' + name + ' (' + fmt + ')':<24} {kernels:>8} {written / 2**20:>12.0f}")
 
 
 if __name__ == "__main__":

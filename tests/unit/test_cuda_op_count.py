@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from clmr_ray.augment import AugmentPipeline
-from clmr_ray.config import preset
+from clmr_ray.bench.fake_cuda import cuda_autocast, on_fake_cuda
+from clmr_ray.config import EncoderSpec, preset
+from clmr_ray.models import build_encoder
 
 pytestmark = pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cuda_op_count.py"
@@ -40,3 +43,28 @@ def test_the_pipeline_on_fake_cuda_writes_at_least_its_output(op_count, capsys):
     op_count.main(["--preset", "tiny", "--views", "4"])
     out = capsys.readouterr().out
     assert "audio pipeline" in out and "pitch alone" in out and "filter, blocks method" in out
+    assert "samplecnn (audio)" in out and "resnet10 (spectrogram)" in out
+
+
+def test_cuda_autocast_holds_on_fake_cuda_and_is_undone():
+    with FakeTensorMode():
+        x, w = torch.empty(2, 4, 1, 30, device="cuda"), torch.empty(8, 4, 1, 3, device="cuda")
+        with cuda_autocast(torch.bfloat16):
+            assert torch.nn.functional.conv2d(x, w).dtype == torch.bfloat16
+        assert torch.nn.functional.conv2d(x, w).dtype == torch.float32
+    assert not torch.is_autocast_enabled("cuda")
+
+
+def test_samplecnn_forward_writes_less_with_relu_after_pooling(op_count):
+    def written(textbook: bool) -> int:
+        net = build_encoder(EncoderSpec(name="samplecnn", width=0.25), crop_samples=6561)
+        if textbook:
+            for block in net.blocks:
+                block[2], block[3] = block[3], block[2]
+        mode = FakeTensorMode()
+        on_fake_cuda(mode, net)
+        with mode, op_count.KernelCount() as counted, cuda_autocast():
+            net(torch.empty(4, 6561, device="cuda"))
+        return counted.bytes
+
+    assert written(textbook=False) < 0.95 * written(textbook=True)

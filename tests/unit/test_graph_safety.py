@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_leaves
 
 from clmr_ray.augment import AugmentPipeline
 from clmr_ray.augment import audio as A
+from clmr_ray.bench.fake_cuda import on_fake_cuda
 from clmr_ray.config import SPECTROGRAM_AUGS, WAVEFORM_AUGS
 from clmr_ray.config import preset as load_preset
 from clmr_ray.pretrain import ContrastiveModel
@@ -48,22 +49,6 @@ class HostTraffic(TorchDispatchMode):
         if {"cpu", "cuda"} <= devices:
             self.ops.append(str(func))
         return out
-
-
-def on_fake_cuda(mode: FakeTensorMode, module: torch.nn.Module) -> torch.nn.Module:
-    """module with every parameter and buffer replaced by a fake CUDA tensor of the same layout."""
-    for m in module.modules():
-        for name, p in list(m._parameters.items()):
-            if p is not None:
-                fake = mode.from_tensor(p.detach())
-                with mode:
-                    m._parameters[name] = torch.nn.Parameter(fake.to("cuda"), requires_grad=p.requires_grad)
-        for name, b in list(m._buffers.items()):
-            if b is not None:
-                fake = mode.from_tensor(b)
-                with mode:
-                    m._buffers[name] = fake.to("cuda")
-    return module
 
 
 def host_traffic(fn, *modules: torch.nn.Module) -> list[str]:
