@@ -3,9 +3,9 @@ would launch and the bytes they would write, for one batch of views on fake CUDA
 FakeTensorMode: shapes and devices, no data). Views and metadata queries are not kernels and are not
 counted; of the encoders, only the forward pass (autograd's engine wants a real GPU).
 
-A proxy for the GPU time of a change to the augmentation or an encoder, for a machine with no GPU: inside a CUDA
-graph each kernel costs a few microseconds to start, and most of these kernels are bound by the
-bytes they move.
+A proxy for the GPU time of a change to the augmentation or an encoder, for a machine with no GPU:
+inside a CUDA graph each kernel costs a few microseconds to start, and most of these kernels are
+bound by the bytes they move (bytes are not time: a kernel can run well below the bandwidth).
 
     python benchmarks/cuda_op_count.py [--preset paper] [--views 96]
 """

@@ -77,7 +77,7 @@ def interleaved_share(audio: AugmentPipeline, spectro: AugmentPipeline, x: torch
     for seed in range(seeds):
         a, m = [], []
         for _ in range(repeats):
-            a += call_times(lambda: audio(x, g.manual_seed(seed)), x.device, 1, 0)
+            a += call_times(lambda seed=seed: audio(x, g.manual_seed(seed)), x.device, 1, 0)
             m += call_times(lambda: spectro.plain(x), x.device, 1, 0)
         audio_s, logmel_s = audio_s + min(a), logmel_s + min(m)
     return logmel_s / audio_s
@@ -133,7 +133,7 @@ def filter_methods(x: torch.Tensor, sample_rate: int, seeds: int, repeats: int) 
 
     out = {}
     for method in ("blocks", "fft", "recursive"):
-        seconds = _seconds(lambda seed: A.biquad_filter(x, *draws(seed), sample_rate, method=method, lowest_cutoff_hz=200.0),
+        seconds = _seconds(lambda seed, method=method: A.biquad_filter(x, *draws(seed), sample_rate, method=method, lowest_cutoff_hz=200.0),
                            x.device, seeds, repeats)
         out[method] = x.shape[0] / seconds
     return out

@@ -17,9 +17,9 @@ POOL = 3
 
 
 def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
-    """Conv, BatchNorm, ReLU, max-pool, with the ReLU applied after the pooling: max and ReLU
-    commute (ReLU never reorders values), so the outputs and every gradient are bit for bit
-    those of the usual order, and the ReLU passes over a third of the samples."""
+    """Conv, BatchNorm, max-pool, ReLU: the usual block with its ReLU moved after the pooling. Max
+    and ReLU commute (ReLU never reorders values), so the outputs and every gradient are bit for
+    bit those of the usual order, and the ReLU passes over a third of the samples."""
     return nn.Sequential(
         nn.Conv1d(c_in, c_out, kernel_size=3, padding=1),
         nn.BatchNorm1d(c_out),
