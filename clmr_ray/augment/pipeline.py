@@ -92,7 +92,7 @@ class AugmentPipeline(nn.Module):
             highpass = torch.rand(n, generator=g, device=device) < 0.5
             low, high = _uniform(n, aug.lowpass_hz, g, device), _uniform(n, aug.highpass_hz, g, device)
             cutoff = torch.where(highpass, high, low)
-            lowest = min(aug.lowpass_hz[0], aug.highpass_hz[0])  # sizes the FFT on CUDA without a read-back
+            lowest = min(aug.lowpass_hz[0], aug.highpass_hz[0])  # sizes the FFT or the block scan without a read-back
             return A.on_rows(x, selected, lambda r: A.biquad_filter(x[r], cutoff[r], highpass[r], sr,
                                                                    lowest_cutoff_hz=lowest), owned)
         if name == "delay":
