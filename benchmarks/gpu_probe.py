@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch", type=int, default=None, help="crops per step (default: the preset's)")
     parser.add_argument("--out", default=None, help="folder for the long profile tables")
-    parser.add_argument("--skip", default="", help="comma-separated: ceilings,encoders,profile")
+    parser.add_argument("--skip", default="", help="comma-separated: ceilings,encoders,profile "
+                        "(or one profile: profile-audio,profile-spectrogram,profile-fp32)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     spec = load_preset(args.preset)
@@ -171,8 +172,9 @@ def main(argv=None) -> int:
         encoder_variants(spec, device, batch)
     if "profile" not in skip:
         for fmt in ("audio", "spectrogram"):
-            profile_steps(spec, device, batch, fmt, amp=device.type == "cuda", out=out)
-        if device.type == "cuda":
+            if f"profile-{fmt}" not in skip:
+                profile_steps(spec, device, batch, fmt, amp=device.type == "cuda", out=out)
+        if device.type == "cuda" and "profile-fp32" not in skip:
             profile_steps(spec, device, batch, "audio", amp=False, out=out)
     return 0
 

@@ -9,7 +9,9 @@
 # tests and the old tree: wheels in .whl/ are installed to /tmp/site when present (see the device README).
 #
 # Knobs (environment): BUDGET (seconds for everything), PROBE_RESERVE (seconds kept for the probe),
-# SKIP_BEFORE_AUGMENT=1 (no bench augment of the old tree), PROBE_SKIP=ceilings,encoders,profile, WORK (logs).
+# SKIP_BEFORE_AUGMENT=1 (no bench augment of the old tree), PROBE_SKIP=ceilings,encoders,profile (or
+# profile-fp32, profile-spectrogram), COMPILE=0 (no torch.compile rows), WORK (logs). A .bench_prev/ beside
+# .bench_before/ (git archive REV clmr_ray | tar -x -C .bench_prev) adds that revision's bf16 step and epoch.
 #
 #   bash benchmarks/gpu_session.sh                                           # on the GPU machine
 #   PRESET=tiny DEVICE=cpu BATCHES="4 8" AUG_BATCH=4 STEPS=1 EPOCH_TRACKS=16 COMPILE_BACKEND=eager \
@@ -64,8 +66,22 @@ else
     echo "no .bench_before/: skipped"
 fi
 
+echo "== 2b. an earlier state of this code (.bench_prev), for what one round of changes gave"
+if [ -d .bench_prev/clmr_ray ]; then
+    (
+        cd .bench_prev || exit
+        export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+        timeout "$(capped 45)" python3 -m clmr_ray.bench.step --preset "$PRESET" --device "$DEVICE" --batch "$FIRST_BATCH" \
+            --steps 10 --no-split 2>&1 | tee "$work/prev_step_bf16.txt"
+        timeout "$(capped 60)" python3 -m clmr_ray.bench.epoch --preset "$PRESET" --device "$DEVICE" \
+            ${EPOCH_TRACKS:+--tracks "$EPOCH_TRACKS"} 2>&1 | tee "$work/prev_epoch.txt"
+    )
+else
+    echo "no .bench_prev/: skipped"
+fi
+
 echo "== 3. benchmarks/gpu_step.sh on this code"
-DEADLINE=$(( deadline - PROBE_RESERVE )) OUT="$work/step" PYTHON=python3 bash benchmarks/gpu_step.sh 2>&1 \
+DEADLINE=$(( deadline - PROBE_RESERVE )) OUT="$work/step" PYTHON=python3 COMPILE=${COMPILE:-1} bash benchmarks/gpu_step.sh 2>&1 \
     | tee "$work/gpu_step.txt" | grep -v '^\s*$' | grep -v '^|' | tail -5
 
 echo "== 4. benchmarks/gpu_probe.py"
@@ -77,7 +93,9 @@ tar -czf "$OUT/session.tar.gz" -C "$(dirname "$work")" "$(basename "$work")"
 echo
 echo "################ summary ($(( $(date +%s) - start )) s) ################"
 grep -E "passed|failed|error|^E  .*(error|share)" "$work/tests.txt" | tail -8
-for f in before_step_bf16 before_step_fp32; do echo "-- $f"; grep -v '^\s*$' "$work/$f.txt" | tail -4; done
+for f in before_step_bf16 before_step_fp32 prev_step_bf16 prev_epoch; do
+    [ -f "$work/$f.txt" ] && { echo "-- $f"; grep -v '^\s*$' "$work/$f.txt" | tail -4; }
+done
 echo "-- before_augment"; grep -E "^(audio|spectrogram|log-mel|  filter|  pitch)" "$work/before_augment.txt" 2>/dev/null
 echo "-- after: gpu_step.sh"
 sed -n '/^### Training step/,$p' "$work/gpu_step.txt" | grep -v '^\s*$'

@@ -20,7 +20,7 @@ AUG_BATCH=${AUG_BATCH:-48}
 AUG_SEEDS=${AUG_SEEDS:-2}  # on CUDA every crop goes through every augmentation whatever the draws: 2 seeds suffice
 STEPS=${STEPS:-10}
 RUN_LIMIT=${RUN_LIMIT:-120}  # seconds per benchmark command
-COMPILE_LIMIT=${COMPILE_LIMIT:-80}  # seconds per torch.compile run (last, so a slow compiler costs only its row)
+COMPILE_LIMIT=${COMPILE_LIMIT:-80}  # seconds per torch.compile run (last, so a slow compiler costs only its row; COMPILE=0: none)
 COMPILE_BACKEND=${COMPILE_BACKEND:-inductor}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -66,11 +66,12 @@ for fmt in audio spectrogram; do  # one process each: a failure under determinis
     bench_step "bf16_b${first_batch}_deterministic.$fmt" --batch "$first_batch" --formats "$fmt" --deterministic --no-split
 done
 for fmt in audio spectrogram; do
+    [ "${COMPILE:-1}" = 0 ] && break
     LIMIT=$COMPILE_LIMIT bench_step "bf16_b${first_batch}_compiled.$fmt" --batch "$first_batch" --formats "$fmt" \
         --compile "$COMPILE_BACKEND" --no-split
 done
 
-OUT="$OUT" FIRST_BATCH="$first_batch" BATCHES="$BATCHES" "$PYTHON" - <<'EOF'
+OUT="$OUT" FIRST_BATCH="$first_batch" BATCHES="$BATCHES" COMPILE="${COMPILE:-1}" "$PYTHON" - <<'EOF'
 import json
 import os
 from pathlib import Path
@@ -127,6 +128,8 @@ for fmt, label in names.items():
     c = compiled.get(fmt, {})
     compile_cell = cell(c, False) + (f", compiled in {c['compile_s']:.0f} s" if "compile_s" in c else
                                      f", {c['compile']}" if c else "")
+    if os.environ["COMPILE"] == "0":
+        compile_cell = "(not run: COMPILE=0)"
     graph = bf16.get(fmt, {}).get("cuda_graph")
     print(f"| {label} | {cell(bf16.get(fmt), False)}{f' (graph {graph})' if graph else ''} | "
           f"{cell(nograph.get(fmt), False)} | {cell(no1dcl.get(fmt), False) if fmt == 'audio' else ''} | "

@@ -283,44 +283,46 @@ def pretrain(spec: ExperimentSpec, fmt: str, train_split, valid_split, ctx: Trai
                       grad_clip=p.grad_clip, scheduler=scheduler)
 
     last_epoch = start_epoch - 1 if stopped_early else p.epochs  # a finished run resumes to its end
-    for epoch in range(start_epoch, last_epoch + 1):
-        generator.manual_seed(_epoch_seed(spec.seed, ctx.rank, epoch))
-        train_sampler.set_epoch(epoch)
-        trained.train()
-        start, losses = time.perf_counter(), []
-        for batch in speed.batches(train_sampler, device):
-            losses.append(step(batch))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        metrics = {"epoch": epoch, "train_loss": _mean_over_workers(float(torch.stack(losses).double().mean())),
-                   "crops_per_s": len(losses) * local_batch * ctx.world_size / seconds,
-                   "lr": optimizer.param_groups[0]["lr"], "epoch_s": seconds}
+    epochs = range(start_epoch, last_epoch + 1)
+    with speed.feed(train_sampler, device, epochs) as feed:  # prefetched across epoch ends on CUDA
+        for epoch in epochs:
+            generator.manual_seed(_epoch_seed(spec.seed, ctx.rank, epoch))
+            train_sampler.set_epoch(epoch)
+            trained.train()
+            start, losses = time.perf_counter(), []
+            for batch in feed.epoch(epoch):
+                losses.append(step(batch))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+            metrics = {"epoch": epoch, "train_loss": _mean_over_workers(float(torch.stack(losses).double().mean())),
+                       "crops_per_s": len(losses) * local_batch * ctx.world_size / seconds,
+                       "lr": optimizer.param_groups[0]["lr"], "epoch_s": seconds}
 
-        if valid_sampler is not None and epoch % p.val_every == 0:
-            generator.manual_seed(_epoch_seed(spec.seed, ctx.rank, 0))  # the same views every time
-            metrics["valid_loss"] = validation_loss(trained, valid_sampler, temperature=p.temperature,
-                                                    generator=generator, gather=gather, amp=p.amp)
-            if metrics["valid_loss"] < best["loss"]:
-                best = {"loss": metrics["valid_loss"], "epoch": epoch, "states": _encoder_states(model), "stale": 0}
-            else:
-                best["stale"] += 1
-            stopped_early = p.early_stop_patience is not None and best["stale"] >= p.early_stop_patience
-        history.append(metrics)
+            if valid_sampler is not None and epoch % p.val_every == 0:
+                generator.manual_seed(_epoch_seed(spec.seed, ctx.rank, 0))  # the same views every time
+                metrics["valid_loss"] = validation_loss(trained, valid_sampler, temperature=p.temperature,
+                                                        generator=generator, gather=gather, amp=p.amp)
+                if metrics["valid_loss"] < best["loss"]:
+                    best = {"loss": metrics["valid_loss"], "epoch": epoch, "states": _encoder_states(model), "stale": 0}
+                else:
+                    best["stale"] += 1
+                stopped_early = p.early_stop_patience is not None and best["stale"] >= p.early_stop_patience
+            history.append(metrics)
 
-        checkpoint = None
-        if ctx.rank == 0:
-            checkpoint = _cpu_copy({
-                "format": fmt, "spec_hash": spec_hash(spec), "epoch": epoch, "history": history, "best": best,
-                "stopped_early": stopped_early,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy_rng": numpy_rng_state(),
-            })
-        ctx.report(dict(metrics), checkpoint)
-        if stopped_early or (ctx.should_stop is not None and ctx.should_stop()):
-            break
+            checkpoint = None
+            if ctx.rank == 0:
+                checkpoint = _cpu_copy({
+                    "format": fmt, "spec_hash": spec_hash(spec), "epoch": epoch, "history": history, "best": best,
+                    "stopped_early": stopped_early,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "numpy_rng": numpy_rng_state(),
+                })
+            ctx.report(dict(metrics), checkpoint)
+            if stopped_early or (ctx.should_stop is not None and ctx.should_stop()):
+                break
 
     if best["states"] is not None:
         for f, state in best["states"].items():

@@ -21,11 +21,12 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
+from typing import Self
 
 import torch
 from torch import nn
 
-from .data.sampling import CropBatch
+from .data.sampling import CropBatch, RawCrops
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ class Speedups:
     def batches(self, sampler: Iterable[CropBatch], device: torch.device | str) -> Iterable[CropBatch]:
         return Prefetch(sampler, device) if self.prefetch else sampler
 
+    def feed(self, sampler, device: torch.device | str, epochs: Iterable[int]) -> EpochFeed:
+        """A TrainSampler's batches for these epochs, prefetched across epoch ends when prefetch is on."""
+        return EpochFeed(sampler, device, epochs, prefetch=self.prefetch)
+
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, **step_args) -> Callable[[CropBatch], torch.Tensor]:
         """The training step: pretrain.train_step(model, batch, optimizer, **step_args), or with
         cuda_graph on a CUDA device (and a model not wrapped for DDP) a GraphedStep of it."""
@@ -124,14 +129,16 @@ def reuse_freed_host_memory() -> bool:
 
 
 class Prefetch:
-    """Iterate `batches` (CropBatch) in a background thread, `depth` batches ahead: crop sampling
-    (memory-map reads, int16 -> float) overlaps the step running on the GPU. On CUDA each batch
-    is pinned, and its copy to the device is started asynchronously by the consumer. The order
-    is the sampler's: the thread only runs its iterator."""
+    """Iterate `batches` in a background thread, `depth` batches ahead: crop sampling (memory-map
+    reads) overlaps the step running on the device. Items are CropBatch or RawCrops (the cache's
+    int16 samples, half the bytes: converted to float32 on the device, the same values as on the
+    host); anything else passes through as it is (EpochFeed's epoch ends). On CUDA each batch is
+    pinned in the thread and copied on a stream of its own, which the step's stream waits for:
+    the copy of batch i + 1 runs while step i computes. The order is the iterator's."""
 
     _DONE = object()
 
-    def __init__(self, batches: Iterable[CropBatch], device: torch.device | str, depth: int = 2):
+    def __init__(self, batches: Iterable, device: torch.device | str, depth: int = 2):
         if depth < 1:
             raise ValueError(f"Prefetch.depth: must be >= 1, got {depth}")
         self.batches, self.device, self.depth = batches, torch.device(device), depth
@@ -139,8 +146,9 @@ class Prefetch:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[CropBatch]:
-        pin = self.device.type == "cuda"
+    def __iter__(self) -> Iterator:
+        cuda = self.device.type == "cuda"
+        copies = torch.cuda.Stream(self.device) if cuda else None
         ready: queue.Queue = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
 
@@ -155,10 +163,12 @@ class Prefetch:
 
         def produce() -> None:
             try:
-                for batch in self.batches:
-                    if pin:
-                        batch = CropBatch(batch.audio.pin_memory(), batch.track_index)
-                    if not put(batch):
+                for item in self.batches:
+                    if cuda and isinstance(item, RawCrops):
+                        item = RawCrops(item.samples.pin_memory(), item.track_index, item.scale)
+                    elif cuda and isinstance(item, CropBatch):
+                        item = CropBatch(item.audio.pin_memory(), item.track_index)
+                    if not put(item):
                         return
                 put(self._DONE)
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there
@@ -173,7 +183,63 @@ class Prefetch:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield CropBatch(item.audio.to(self.device, non_blocking=pin), item.track_index)
+                yield self._to_device(item, copies) if isinstance(item, RawCrops | CropBatch) else item
         finally:
             stop.set()
             thread.join()
+
+    def _to_device(self, item: RawCrops | CropBatch, copies: torch.cuda.Stream | None) -> CropBatch:
+        if copies is None:
+            return item.to_float(self.device) if isinstance(item, RawCrops) else \
+                CropBatch(item.audio.to(self.device), item.track_index)
+        with torch.cuda.stream(copies):
+            batch = item.to_float(self.device, non_blocking=True) if isinstance(item, RawCrops) else \
+                CropBatch(item.audio.to(self.device, non_blocking=True), item.track_index)
+        step_stream = torch.cuda.current_stream(self.device)
+        step_stream.wait_stream(copies)
+        batch.audio.record_stream(step_stream)  # made on the copy stream, used and freed on the step's
+        return batch
+
+
+class EpochFeed:
+    """The training batches of a run's epochs, in order: `feed.epoch(e)` iterates epoch e's, as
+    iterating the sampler after set_epoch(e) would. With prefetch, one Prefetch runs through all
+    the epochs: the next epoch's first batches are sampled, pinned and copied while this one's
+    last steps, its validation and its checkpoint run, so an epoch never starts by waiting for
+    the sampler (at the paper's 443 training tracks an epoch is 9 steps). Epochs must be asked
+    for in order; close() (or the with-block's end) stops the thread."""
+
+    _END = "end of epoch"
+
+    def __init__(self, sampler, device: torch.device | str, epochs: Iterable[int], prefetch: bool):
+        self.sampler, self.device, self.prefetch = sampler, torch.device(device), prefetch
+        self.epochs = iter(list(epochs))
+        self._stream = iter(Prefetch(self._all_epochs(list(epochs)), self.device)) if prefetch else None
+
+    def _all_epochs(self, epochs: list[int]) -> Iterator:
+        for epoch in epochs:
+            yield from self.sampler.raw_batches(epoch)
+            yield (self._END, epoch)
+
+    def epoch(self, epoch: int) -> Iterator[CropBatch]:
+        expected = next(self.epochs, None)
+        if epoch != expected:
+            raise ValueError(f"EpochFeed: epoch {epoch} asked for, {expected} comes next")
+        if self._stream is None:
+            for raw in self.sampler.raw_batches(epoch):
+                yield raw.to_float(self.device)
+            return
+        for item in self._stream:
+            if isinstance(item, tuple) and item[0] == self._END:
+                return
+            yield item
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()  # the generator's finally: stop and join the thread
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -26,6 +26,22 @@ class CropBatch:
     track_index: torch.Tensor  # int64 [B], rows of the split
 
 
+@dataclass
+class RawCrops:
+    """A CropBatch before its conversion to float32: the cache's samples (int16 or float16)."""
+
+    samples: torch.Tensor  # [B, n_views, crop_samples], the cache's dtype
+    track_index: torch.Tensor  # int64 [B]
+    scale: float  # samples * scale in float32 are the crops in [-1, 1]
+
+    def to_float(self, device: torch.device | str | None = None, non_blocking: bool = False) -> CropBatch:
+        """The CropBatch (on `device`, default where the samples are): the same float32 values
+        wherever it is converted (int16 and float16 are exact in float32; the scale is one rounded
+        multiplication)."""
+        samples = self.samples if device is None else self.samples.to(device, non_blocking=non_blocking)
+        return CropBatch(scaled_float(samples, self.scale), self.track_index)
+
+
 def check_crop_fits(split: CachedSplit, crop_samples: int) -> None:
     if crop_samples < 1:
         raise DatasetError(f"crop_samples must be >= 1, got {crop_samples}")
@@ -44,9 +60,13 @@ def crop_windows(split: CachedSplit, crop_samples: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(split.audio, crop_samples)
 
 
-def to_float(samples: np.ndarray, scale: float) -> torch.Tensor:
-    out = torch.from_numpy(samples).to(torch.float32)
+def scaled_float(samples: torch.Tensor, scale: float) -> torch.Tensor:
+    out = samples.to(torch.float32)
     return out.mul_(scale) if scale != 1.0 else out
+
+
+def to_float(samples: np.ndarray, scale: float) -> torch.Tensor:
+    return scaled_float(torch.from_numpy(samples), scale)
 
 
 class TrainSampler:
@@ -118,14 +138,19 @@ class TrainSampler:
         return np.repeat(starts, self.n_views, axis=1) if views == 1 else starts
 
     def __iter__(self) -> Iterator[CropBatch]:
-        tracks = self.shard()[: len(self) * self.batch_size]
-        starts = self.split.offsets[tracks][:, None] + self.crop_starts(tracks)
+        for batch in self.raw_batches(self.epoch):
+            yield batch.to_float()
+
+    def raw_batches(self, epoch: int) -> Iterator[RawCrops]:
+        """`epoch`'s batches as the cache stores its samples (int16 or float16: half the bytes of
+        float32, to pin and copy to a GPU); iterating the sampler gives the same batches in float32."""
+        tracks = self.shard(epoch)[: len(self) * self.batch_size]
+        starts = self.split.offsets[tracks][:, None] + self.crop_starts(tracks, epoch)
         windows = crop_windows(self.split, self.crop_samples)  # a view; never stored, so pickling stays cheap
         for b in range(0, len(tracks), self.batch_size):
             crops = windows[starts[b : b + self.batch_size]]
-            yield CropBatch(
-                to_float(crops, self.split.scale), torch.from_numpy(tracks[b : b + self.batch_size])
-            )
+            yield RawCrops(torch.from_numpy(crops), torch.from_numpy(tracks[b : b + self.batch_size]),
+                           self.split.scale)
 
 
 def eval_batches(

@@ -180,8 +180,21 @@ def steps_with(fmt: str, speed: Speedups, sizes: list[int], amp: bool = False):
     return [p.detach().float().cpu() for p in model.parameters()], losses, step
 
 
+@pytest.fixture
+def deterministic():
+    """torch's deterministic algorithms for one test. Without them two all-eager runs already part
+    after two steps (an H200, 2026-11-26: losses 3e-4 apart at the third step): cuDNN's default
+    algorithms and pooling backward add with atomics, and Adam turns the rounding left in gradients
+    that are 0 in exact arithmetic into whole lr-sized steps."""
+    from clmr_ray.machine import use_deterministic
+
+    use_deterministic(True)
+    yield
+    use_deterministic(False)
+
+
 @pytest.mark.parametrize("fmt", ["audio", "spectrogram"])
-def test_graphed_step_trains_like_the_eager_step(fmt, no_tf32):
+def test_graphed_step_trains_like_the_eager_step(fmt, no_tf32, deterministic):
     """3 eager warm-up steps, capture, replays, one smaller batch (eager) between replays: the same
     losses and parameters as all-eager steps, with the learning rate changing every step."""
     sizes = [8, 8, 8, 8, 8, 6, 8, 8]
@@ -220,3 +233,18 @@ def test_pretrain_on_cuda_replays_the_graph_and_resumes_exactly():
     assert [m["epoch"] for m, _ in reports] == [1, 2] and [m["epoch"] for m in resumed] == [2]
     assert all(math.isfinite(m["train_loss"]) for m, _ in reports)
     assert resumed[0]["train_loss"] == pytest.approx(reports[1][0]["train_loss"], rel=1e-4)
+
+
+def test_epoch_feed_on_cuda_gives_the_host_batches_bit_for_bit():
+    """Prefetched across epochs, int16 samples pinned, copied on a stream of their own and converted
+    on the GPU: every batch of every epoch equals the sampler's float32 batch on the host."""
+    from clmr_ray.bench.epoch import noise_split
+    from clmr_ray.data.sampling import TrainSampler
+    from clmr_ray.speedups import EpochFeed
+
+    sampler = TrainSampler(noise_split(12, 1.0, 8000), 2187, 4, seed=1)
+    with EpochFeed(sampler, "cuda", [1, 2, 3], prefetch=True) as feed:
+        for epoch in (1, 2, 3):
+            sampler.set_epoch(epoch)
+            for got, host in zip(feed.epoch(epoch), sampler, strict=True):
+                assert got.audio.is_cuda and torch.equal(got.audio.cpu(), host.audio)

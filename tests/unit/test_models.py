@@ -211,3 +211,34 @@ def test_samplecnn_relu_after_pooling_is_bit_identical_to_relu_before(channels_l
     for (name, a), b in zip(ours.named_buffers(), textbook.buffers(), strict=True):
         assert torch.equal(a, b), name
     assert list(ours.state_dict()) == list(textbook.state_dict())
+
+
+def test_samplecnn_channels_last_path_keeps_every_activation_channels_last():
+    """Every 4-D tensor the channels-last path makes with more than one channel (convolutions,
+    BatchNorm, pooling, ReLU, forward and backward) lies in channels-last memory. The front conv
+    has one input channel, a layout-free tensor, and as a Conv2d it left NCHW output behind: on an
+    H200 the first BatchNorm and block then ran in NCHW kernels and transposes (11 of 25 ms)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Layouts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.nchw: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if (isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[0] == batch and t.shape[1] > 1
+                        and t.shape[3] > 1 and not t.is_contiguous(memory_format=torch.channels_last)):
+                    self.nchw.append(f"{func} -> {tuple(t.shape)}")
+            return out
+
+    torch.manual_seed(0)
+    net = build_encoder(EncoderSpec(name="samplecnn", width=0.25), crop_samples=6561)
+    net.channels_last = True
+    batch = 4  # activations lead with it; weights (and their gradients) with their output channels
+    x = torch.randn(batch, 6561, generator=torch.Generator().manual_seed(1))
+    with Layouts() as seen:
+        net(x).square().sum().backward()
+    assert seen.nchw == []

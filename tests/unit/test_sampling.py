@@ -143,3 +143,18 @@ def test_sampler_errors(cache):
         TrainSampler(train, CROP, 4, rank=2, world_size=2)
     with pytest.raises(DatasetError, match="shorter than crop_samples"):
         next(eval_batches(train, 600, 4))
+
+
+def test_raw_batches_hold_the_cache_samples_and_convert_to_the_sampler_floats(cache):
+    """raw_batches(e) is what iterating after set_epoch(e) gives, before the float conversion: the
+    cache's int16 samples (half the bytes to pin and copy), bit for bit the same floats once
+    converted."""
+    sampler = TrainSampler(cache.split("train"), CROP, 4, seed=3)
+    for epoch in (0, 2):
+        sampler.set_epoch(epoch)
+        floats = list(sampler)
+        raw = list(sampler.raw_batches(epoch))
+        assert len(raw) == len(floats) == len(sampler)
+        for r, f in zip(raw, floats, strict=True):
+            assert r.samples.dtype == torch.int16 and r.samples.shape == f.audio.shape
+            assert torch.equal(r.to_float().audio, f.audio) and torch.equal(r.track_index, f.track_index)

@@ -188,3 +188,36 @@ def test_reused_host_memory_serves_large_tensors_from_the_heap(mode):
     if out.stdout.strip() == "no-glibc":
         pytest.skip("not glibc")
     assert (int(out.stdout) == 0) == (mode == "reuse")
+
+
+def test_epoch_feed_gives_each_epoch_the_sampler_batches_and_prefetches_across_epochs(tmp_path):
+    """EpochFeed with and without prefetch: each epoch's batches equal the sampler's after
+    set_epoch, bit for bit; with prefetch one thread serves every epoch (it lives on past each
+    epoch's end, sampling the next); epochs out of order are refused; closing mid-epoch joins
+    the thread."""
+    from clmr_ray.bench.epoch import noise_split
+    from clmr_ray.data.sampling import TrainSampler
+    from clmr_ray.speedups import EpochFeed
+
+    sampler = TrainSampler(noise_split(10, 0.5, 8000), CROP, 4, seed=2)
+    expected = {}
+    for epoch in (1, 2, 3):
+        sampler.set_epoch(epoch)
+        expected[epoch] = list(sampler)
+    before = threading.active_count()
+    for prefetch in (False, True):
+        with EpochFeed(sampler, "cpu", [1, 2, 3], prefetch=prefetch) as feed:
+            for epoch in (1, 2, 3):
+                got = list(feed.epoch(epoch))
+                assert len(got) == len(expected[epoch]) == 3
+                for a, b in zip(got, expected[epoch], strict=True):
+                    assert torch.equal(a.audio, b.audio) and torch.equal(a.track_index, b.track_index)
+                if prefetch and epoch < 3:
+                    assert threading.active_count() == before + 1  # the one thread, still running
+        assert threading.active_count() == before
+    with EpochFeed(sampler, "cpu", [1, 2], prefetch=True) as feed, \
+            pytest.raises(ValueError, match="EpochFeed: epoch 2 asked for, 1 comes next"):
+        next(feed.epoch(2))
+    with EpochFeed(sampler, "cpu", [1, 2], prefetch=True) as feed:
+        next(feed.epoch(1))  # stopped mid-epoch, as a run told to stop does
+    assert threading.active_count() == before
