@@ -11,8 +11,9 @@ augmentation, no optimiser), timed back to back after a warm-up, cuDNN autotunin
   nchw / cl     ResNet in the default / channels-last layout
   fp32 / bf16-autocast / bf16-weights   float32 / autocast as training uses it / the whole
                 encoder cast to bf16 (what autocast would cost if it cast nothing)
-The profile lists the kernels of three training steps by GPU time, and the share of the wall
-clock the GPU was busy: far below 100 % means launches or host work set the pace.
+The profile lists the 20 kernels that took the most GPU time (per step: time, launches) over three
+eager training steps, and the share of the wall clock the GPU was busy: far below 100 % means
+launches or host work set the pace (the CUDA graph removes that in training).
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ def profile_steps(spec, device, batch: int, fmt: str, amp: bool, out: Path | Non
     print(f"\nprofile of {label}: {wall_ms:.1f} ms a step (under the profiler), "
           f"{'GPU' if device.type == 'cuda' else 'CPU'} busy {busy_ms:.1f} ms ({100 * busy_ms / wall_ms:.0f} %)",
           flush=True)
-    table = averages.table(sort_by=key, row_limit=25, max_name_column_width=70)
-    print(table, flush=True)
+    for e in sorted(kernels, key=lambda e: getattr(e, key), reverse=True)[:20]:  # per step: time, launches
+        print(f"  {getattr(e, key) / 1e3 / steps:6.2f} ms {e.count / steps:4.0f}x  {e.key[:100]}", flush=True)
     if out is not None:
         name = f"profile_{fmt}_{'bf16' if amp else 'fp32'}"
         (out / f"{name}.txt").write_text(averages.table(sort_by=key, row_limit=80, max_name_column_width=100))

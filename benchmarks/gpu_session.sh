@@ -101,6 +101,6 @@ echo "-- after: gpu_step.sh"
 sed -n '/^### Training step/,$p' "$work/gpu_step.txt" | grep -v '^\s*$'
 grep -E "^(audio|spectrogram|log-mel|  filter|  pitch|biquad_filter)" "$work/step/augment.txt" 2>/dev/null
 echo "-- probe"
-grep -E "^(ceilings|encoder|samplecnn|resnet|profile of)" "$work/probe.txt"
-grep -B2 -A14 "^profile of audio bf16" "$work/probe.txt" | cut -c1-150 | tail -14
+grep -E "^(ceilings|encoder|samplecnn|resnet|profile of [^a])" "$work/probe.txt"
+grep -A20 "^profile of audio bf16" "$work/probe.txt" | cut -c1-120
 } 2>&1 | tee "$OUT/summary.txt"
