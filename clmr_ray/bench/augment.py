@@ -1,5 +1,7 @@
 """Augmentation throughput: the batched pipeline vs one crop at a time (as a per-sample DataLoader
-transform does), same ops, same device.
+transform does), same ops, same device. On CUDA also the batched call captured as a CUDA graph
+and replayed, as the graphed training step runs it: eager calls there time the host issuing
+kernels, the graph what they cost the GPU (which filter method is faster depends on which).
 
     python -m clmr_ray.bench.augment --preset paper --batch 32 --device cpu
 """
@@ -13,7 +15,7 @@ import torch
 
 from clmr_ray.augment import AugmentPipeline
 from clmr_ray.augment import audio as A
-from clmr_ray.bench.timing import call_times
+from clmr_ray.bench.timing import call_times, graph_replay_ms
 from clmr_ray.config import SPECTROGRAM_AUGS, WAVEFORM_AUGS, AugmentSpec
 from clmr_ray.config import preset as load_preset
 from clmr_ray.speedups import Speedups
@@ -56,11 +58,14 @@ def compare(pipe: AugmentPipeline, x: torch.Tensor, seeds: int, repeats: int, pl
     t_batch = _seconds(batched, x.device, seeds, repeats)
     t_loop = _seconds(one_at_a_time, x.device, seeds, repeats)
     n = x.shape[0]
-    return {
+    out = {
         "batched_crops_per_s": n / t_batch,
         "per_example_crops_per_s": n / t_loop,
         "speedup": t_loop / t_batch,
     }
+    if x.device.type == "cuda":
+        out["graph_ms"] = graph_replay_ms(lambda: pipe.plain(x) if plain else pipe(x, g), g.manual_seed(0))
+    return out
 
 
 def interleaved_share(audio: AugmentPipeline, spectro: AugmentPipeline, x: torch.Tensor, seeds: int,
@@ -134,8 +139,17 @@ def filter_methods(x: torch.Tensor, sample_rate: int, seeds: int, repeats: int) 
     def filtered(seed: int, method: str) -> torch.Tensor:
         return A.biquad_filter(x, *draws(seed), sample_rate, method=method, lowest_cutoff_hz=200.0)
 
-    return {method: x.shape[0] / _seconds(lambda seed, method=method: filtered(seed, method), x.device, seeds, repeats)
-            for method in ("blocks", "fft", "recursive")}
+    rates = {method: x.shape[0] / _seconds(lambda seed, method=method: filtered(seed, method), x.device, seeds, repeats)
+             for method in ("blocks", "fft", "recursive")}
+    if x.device.type == "cuda":  # the draws from the registered generator's running state: no reseeding in a graph
+        g.manual_seed(0)
+        graphed = {method: graph_replay_ms(lambda method=method: A.biquad_filter(
+                       x, 200 + 3800 * torch.rand(x.shape[0], generator=g, device=x.device),
+                       torch.rand(x.shape[0], generator=g, device=x.device) < 0.5, sample_rate, method=method,
+                       lowest_cutoff_hz=200.0), g) for method in ("blocks", "fft")}
+        rates.update({f"{method} as a graph": x.shape[0] / ms * 1e3 if isinstance(ms, float) else ms
+                      for method, ms in graphed.items()})
+    return rates
 
 
 def report(result: dict) -> str:
@@ -144,11 +158,16 @@ def report(result: dict) -> str:
         f"samples at {result['sample_rate']} Hz on {result['device']} ({result['threads']} threads); "
         f"mean over {result['seeds']} seeds of the best of {result['repeats']} calls"
     )
-    lines = [head, f"{'pipeline':<28}{'batched crops/s':>17}{'per-example':>14}{'speedup':>9}"]
+    graphs = "graph_ms" in result["audio"]
+    lines = [head, f"{'pipeline':<28}{'batched crops/s':>17}{'per-example':>14}{'speedup':>9}"
+                   + (f"{'as a CUDA graph':>20}" if graphs else "")]
 
     def row(label, r):
+        graph = r.get("graph_ms")
+        graph = (f"{graph:>12.3f} ms/call" if isinstance(graph, float) else f"{graph!s:>20}") if graphs else ""
         lines.append(
             f"{label:<28}{r['batched_crops_per_s']:>17.1f}{r['per_example_crops_per_s']:>14.1f}{r['speedup']:>8.1f}x"
+            + graph
         )
 
     row("audio (" + ",".join(result["audio"]["augs"]) + ")", result["audio"])
@@ -158,7 +177,8 @@ def report(result: dict) -> str:
         row(f"  {name} (p={r['p']})", r)
     if "filter_methods" in result:
         lines.append("biquad_filter on every crop: " + ", ".join(
-            f"{method} {rate:.0f} crops/s" for method, rate in result["filter_methods"].items()))
+            f"{method} {rate:.0f} crops/s" if isinstance(rate, float) else f"{method} {rate}"
+            for method, rate in result["filter_methods"].items()))
     share = result["audio"]["batched_crops_per_s"] / result["logmel"]["batched_crops_per_s"]
     lines.append(f"batched audio pipeline at {100 * share:.0f} % of the log-mel's throughput timed apart (the rows "
                  f"above), {100 * result['audio_share_interleaved']:.0f} % with their calls alternating")

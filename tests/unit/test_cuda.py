@@ -248,3 +248,15 @@ def test_epoch_feed_on_cuda_gives_the_host_batches_bit_for_bit():
             sampler.set_epoch(epoch)
             for got, host in zip(feed.epoch(epoch), sampler, strict=True):
                 assert got.audio.is_cuda and torch.equal(got.audio.cpu(), host.audio)
+
+
+def test_bench_augment_on_cuda_times_the_pipelines_and_filter_methods_as_graphs():
+    """bench augment's graph column: the batched call captured with its generator registered and
+    replayed, for the pipelines, each op and both parallel filter methods."""
+    from clmr_ray.bench import augment
+
+    result = augment.run("tiny", batch=4, device="cuda", repeats=1, seeds=1)
+    for r in (result["audio"], result["spectrogram"], result["logmel"], *result["ops"].values()):
+        assert isinstance(r["graph_ms"], float) and r["graph_ms"] > 0
+    assert result["filter_methods"]["blocks as a graph"] > 0 and result["filter_methods"]["fft as a graph"] > 0
+    assert "as a CUDA graph" in augment.report(result)
