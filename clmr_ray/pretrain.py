@@ -91,6 +91,7 @@ class ContrastiveModel(nn.Module):
         self.encoders = nn.ModuleDict({f: build_format_encoder(spec, f) for f in self.formats})
         self.projectors = nn.ModuleDict(
             {f: Projector(self.encoders[f].out_dim, p.projection_hidden, p.projection_dim) for f in self.formats})
+        self.views_in_one_call = False  # speedups.views_in_one_call; see augment_views
 
     def forward(self, views: torch.Tensor, generator: torch.Generator | None = None,
                 amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +101,7 @@ class ContrastiveModel(nn.Module):
         use_amp = amp and views.device.type == "cuda"
         if len(self.formats) == 1:
             f = self.formats[0]
-            x = torch.cat([self.pipelines[f](views[:, 0], generator), self.pipelines[f](views[:, 1], generator)])
+            x = self.augment_views(views, generator)
             with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 z = self.projectors[f](self.encoders[f](x))
             return z.float().chunk(2)
@@ -110,6 +111,16 @@ class ContrastiveModel(nn.Module):
             with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 zs.append(self.projectors[f](self.encoders[f](x)).float())
         return zs[0], zs[1]
+
+    def augment_views(self, views: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Both views [B, 2, T] of a single-format step through its pipeline: [2B, ...], view 0's
+        rows first. Two calls of B rows; with views_in_one_call, one call of 2B rows (half the
+        kernels, the same distribution of views, other draws from the generator) where the
+        pipeline's rows are independent (no noise mixed from the rest of the batch)."""
+        pipe = self.pipelines[self.formats[0]]
+        if self.views_in_one_call and pipe.rows_independent:
+            return pipe(views[:, :2].transpose(0, 1).flatten(0, 1), generator)
+        return torch.cat([pipe(views[:, 0], generator), pipe(views[:, 1], generator)])
 
     def loss(self, z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, gather: bool) -> torch.Tensor:
         if len(self.formats) == 2:

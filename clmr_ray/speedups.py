@@ -38,6 +38,9 @@ class Speedups:
     prefetch: bool = False  # crops for the next step are sampled and pinned in a background thread
     cuda_graph: bool = False  # augmentation, forward, loss and backward of a step replayed as one CUDA graph
     reuse_host_memory: bool = False  # glibc keeps freed tensors' memory for the next ones (reuse_freed_host_memory)
+    # Both views augmented in one pipeline call (ContrastiveModel.augment_views): half the kernels, but
+    # other draws, so other views than two calls. Off everywhere until a GPU run shows it pays (bench step --with).
+    views_in_one_call: bool = False
 
     @classmethod
     def for_device(cls, device: torch.device | str, deterministic: bool | None = None) -> Speedups:
@@ -56,11 +59,17 @@ class Speedups:
         return tuple(f.name for f in fields(Speedups))
 
     def without(self, names: Iterable[str]) -> Speedups:
+        return replace(self, **{name: False for name in self._known(names)})
+
+    def with_(self, names: Iterable[str]) -> Speedups:
+        return replace(self, **{name: True for name in self._known(names)})
+
+    def _known(self, names: Iterable[str]) -> list[str]:
         names = list(names)
         for name in names:
             if name not in self.names():
                 raise ValueError(f"speed-up '{name}' is not one of {', '.join(self.names())}")
-        return replace(self, **{name: False for name in names})
+        return names
 
     def apply_backend(self) -> None:
         """Process-wide switches; only ever turns them on (cuDNN autotuning is off by default)."""
@@ -71,12 +80,15 @@ class Speedups:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         from .models.samplecnn import SampleCNN
+        from .pretrain import ContrastiveModel
 
         if self.channels_last:  # only 4-D tensors change layout: 1-D convolutions are left alone
             model = model.to(memory_format=torch.channels_last)
         for module in model.modules():
             if isinstance(module, SampleCNN):
                 module.channels_last = self.channels_last_1d
+            if isinstance(module, ContrastiveModel):
+                module.views_in_one_call = self.views_in_one_call
         return model
 
     def adam(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -39,6 +39,12 @@ class AugmentPipeline(nn.Module):
         self.waveform_augs = [name for name in WAVEFORM_AUGS if getattr(spec, name).enabled]
         self.mask_augs = [name for name in SPECTROGRAM_AUGS if getattr(spec, name).enabled]
 
+    @property
+    def rows_independent(self) -> bool:
+        """Whether each row's view depends on that row alone: not so when noise_mix mixes in other
+        rows of the batch (then the rows of one call are what it mixes from)."""
+        return "noise_mix" not in self.waveform_augs or self.spec.noise_mix.source != "batch"
+
     def extra_repr(self) -> str:
         return f"sample_rate={self.sample_rate}, augs={self.waveform_augs + self.mask_augs}"
 

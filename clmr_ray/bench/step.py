@@ -8,7 +8,8 @@ encoder + projector forward and backward (with the loss's backward), the loss, t
 On CUDA the FLOPs of one step are counted with torch.utils.flop_counter (matmuls and
 convolutions, forward and backward; the STFT and the augmentations are not counted), divided
 by the step time and by the card's dense bf16 peak (datasheet, by name; --peak-tflops to set it).
-The GPU speed-ups of clmr_ray/speedups.py are on as in training; --without turns some off.
+The GPU speed-ups of clmr_ray/speedups.py are on as in training; --without turns some off, --with
+turns on one that is off by default (views_in_one_call).
 With cuda_graph (on for CUDA) the timed steps are replays of the captured step (the row's
 cuda_graph column says whether capture worked); the split and the FLOP count run eager steps,
 and the augmentation is also timed as a graph of its own (augment_graph_ms, and its share of
@@ -52,6 +53,7 @@ def peak_tflops(device: torch.device) -> float | None:
 def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch: int | None = None,
             steps: int = 5, warmup: int = 2, amp: bool | None = None, count_flops: bool | None = None,
             without: tuple[str, ...] = (), split: bool = True, peak: float | None = None,
+            with_: tuple[str, ...] = (),
             compile_backend: str | Callable | None = None) -> dict:
     """One row: step time, crops/s, the split of one step and (CUDA by default) TFLOP/s of `fmt`'s step.
 
@@ -63,7 +65,7 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
     p = spec.pretrain
     batch = batch or p.batch_size
     amp = p.amp if amp is None else amp
-    speed = Speedups.for_device(dev).without(without)
+    speed = Speedups.for_device(dev).without(without).with_(with_)
     speed.apply_backend()
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = speed.cudnn_benchmark
@@ -108,7 +110,7 @@ def measure(preset: str = "tiny", fmt: str = "audio", device: str = "cpu", batch
     if split:
         row.update(split_step(model, crops, optimizer, generator, amp, p.temperature, p.grad_clip, steps))
         if isinstance(train, GraphedStep) and train.status == "replaying":
-            row.update(graphed_augment(model.pipelines[fmt], crops.audio, generator, steps, row["step_ms"]))
+            row.update(graphed_augment(model, crops.audio, generator, steps, row["step_ms"]))
     if count_flops if count_flops is not None else dev.type == "cuda":
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -171,10 +173,8 @@ def split_step(model: ContrastiveModel, crops: CropBatch, optimizer, generator, 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    pipe = model.pipelines[fmt]
     for _ in range(repeats):
-        x = timed("augment_ms", lambda: torch.cat([pipe(crops.audio[:, 0], generator),
-                                                   pipe(crops.audio[:, 1], generator)]))
+        x = timed("augment_ms", lambda: model.augment_views(crops.audio, generator))
         start = time.perf_counter()
         z_a, z_b = forward(x)
         sync(dev)
@@ -188,12 +188,13 @@ def split_step(model: ContrastiveModel, crops: CropBatch, optimizer, generator, 
     return out
 
 
-def graphed_augment(pipe, views: torch.Tensor, generator: torch.Generator, repeats: int, step_ms: float) -> dict:
+def graphed_augment(model: ContrastiveModel, views: torch.Tensor, generator: torch.Generator, repeats: int,
+                    step_ms: float) -> dict:
     """The augmentation of one step (both views) captured as a CUDA graph of its own and replayed:
     what it costs inside a graphed step, where the host no longer issues its kernels one by one
     (the split's augment_ms is the eager cost). augment_graph_pct is its share of the step."""
     def augment():
-        return torch.cat([pipe(views[:, 0], generator), pipe(views[:, 1], generator)])
+        return model.augment_views(views, generator)
 
     try:
         on_side_stream(augment)
@@ -268,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flops", action="store_true", help="count FLOPs on CPU too")
     parser.add_argument("--without", default="", help=f"speed-ups to turn off, comma-separated: "
                         f"{','.join(Speedups.names())} (or 'all')")
+    parser.add_argument("--with", dest="with_", default="", help="speed-ups to turn on that are off for the "
+                        "device (views_in_one_call is off everywhere), comma-separated")
     parser.add_argument("--no-split", action="store_true", help="skip timing the phases of a step")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's peak (default: by its name)")
     parser.add_argument("--deterministic", action="store_true",
@@ -280,17 +283,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 2):
         parser.error("--steps must be >= 1, --warmup >= 0 and --batch >= 2")
     without = Speedups.names() if args.without == "all" else tuple(n for n in args.without.split(",") if n)
-    try:
-        Speedups().without(without)
-    except ValueError as exc:
-        parser.error(f"--without: {exc}")
+    with_ = tuple(n for n in args.with_.split(",") if n)
+    for flag, names in (("--without", without), ("--with", with_)):
+        try:
+            Speedups().without(names)
+        except ValueError as exc:
+            parser.error(f"{flag}: {exc}")
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         parser.error(f"--peak-tflops: must be > 0, got {args.peak_tflops}")
     if args.deterministic:
         use_deterministic(True)
     formats = parse_formats(parser, args.formats)
     rows = run(args.preset, args.device, formats, batch=args.batch, steps=args.steps, warmup=args.warmup,
-               amp=False if args.no_amp else None, count_flops=True if args.flops else None, without=without,
+               amp=False if args.no_amp else None, count_flops=True if args.flops else None, without=without, with_=with_,
                split=not args.no_split, peak=args.peak_tflops, compile_backend=args.compile)
     print_rows(rows, f"training step, preset {args.preset}", format_table(rows), args.device, args.json)
     return 0

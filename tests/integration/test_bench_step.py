@@ -31,7 +31,12 @@ def test_step_benchmark_command_line(capsys, tmp_path):
                       "--without", "all", "--json", str(out)]) == 0
     assert "samplecnn" in capsys.readouterr().out
     assert json.loads(out.read_text())[0]["speedups"] == "none"
+    assert step.main(["--preset", "tiny", "--formats", "audio", "--steps", "1", "--warmup", "0", "--batch", "2",
+                      "--with", "views_in_one_call", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())[0]
+    assert row["speedups"] == "reuse_host_memory,views_in_one_call" and row["augment_ms"] > 0
     for argv, message in ((["--preset", "huge"], "unknown preset 'huge'"),
+                          (["--with", "graphs"], "--with: speed-up 'graphs' is not one of"),
                           (["--formats", "image"], "unknown format 'image'"),
                           (["--without", "graphs"], "--without: speed-up 'graphs' is not one of"),
                           (["--peak-tflops", "0"], "--peak-tflops: must be > 0")):

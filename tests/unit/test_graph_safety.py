@@ -61,10 +61,11 @@ def host_traffic(fn, *modules: torch.nn.Module) -> list[str]:
     return sorted(set(traffic.ops))
 
 
-def step_without_backward(spec, fmt: str, batch: int = 4):
+def step_without_backward(spec, fmt: str, batch: int = 4, with_: tuple[str, ...] = ()):
     """What GraphedStep captures, minus the backward: augmentation, encoder, projector, NT-Xent,
     gradient clipping."""
-    model = Speedups.for_device("cuda", deterministic=False).prepare_model(ContrastiveModel(spec, fmt))
+    speed = Speedups.for_device("cuda", deterministic=False).with_(with_)
+    model = speed.prepare_model(ContrastiveModel(spec, fmt))
 
     def step(model):
         views = torch.randn(batch, 2, spec.pretrain.crop_samples, device="cuda")
@@ -105,6 +106,11 @@ def test_training_step_stays_on_the_gpu(preset, fmt):
                                    pretrain=dataclasses.replace(spec.pretrain, objective="cross_format"))
     step, model = step_without_backward(spec, fmt)
     assert host_traffic(step, model) == []
+
+
+def test_training_step_with_views_in_one_call_stays_on_the_gpu():
+    step, model = step_without_backward(load_preset("paper"), "audio", with_=("views_in_one_call",))
+    assert model.views_in_one_call and host_traffic(step, model) == []
 
 
 @pytest.mark.parametrize("name", WAVEFORM_AUGS + SPECTROGRAM_AUGS)
