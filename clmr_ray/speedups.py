@@ -6,8 +6,9 @@ there or change nothing); reusing freed host memory pays on both.
     model = speed.prepare_model(model)             # channels-last convolutions (2-D, and SampleCNN's 1-D)
     optimizer = speed.adam(model.parameters(), lr=1e-3, weight_decay=0.0)
     step = speed.step(model, optimizer, temperature=0.1, generator=g, amp=True, grad_clip=None)
-    for batch in speed.batches(sampler, device):   # the next batch sampled and pinned meanwhile
-        loss = step(batch)                         # replayed as one CUDA graph after a few steps
+    with speed.feed(sampler, device, epochs) as feed:  # sampled and pinned ahead, across epoch ends
+        for batch in feed.epoch(epoch):            # (the epochs in order)
+            loss = step(batch)                     # replayed as one CUDA graph after a few steps
 
 Each one that touches the computation keeps the gradients: tests/unit/test_speedups.py runs a few
 optimiser steps with and without it on CPU and compares the parameters (reusing host memory touches
@@ -216,17 +217,18 @@ class Prefetch:
 class EpochFeed:
     """The training batches of a run's epochs, in order: `feed.epoch(e)` iterates epoch e's, as
     iterating the sampler after set_epoch(e) would. With prefetch, one Prefetch runs through all
-    the epochs: the next epoch's first batches are sampled, pinned and copied while this one's
-    last steps, its validation and its checkpoint run, so an epoch never starts by waiting for
-    the sampler (at the paper's 443 training tracks an epoch is 9 steps). Epochs must be asked
-    for in order; close() (or the with-block's end) stops the thread."""
+    the epochs: the next epoch's first batches are sampled and pinned while this one's last
+    steps, its validation and its checkpoint run, so an epoch never starts by waiting for the
+    sampler (at the paper's 443 training tracks an epoch is 9 steps). Epochs must be asked for in
+    order; close() (or the with-block's end) stops the thread."""
 
     _END = "end of epoch"
 
     def __init__(self, sampler, device: torch.device | str, epochs: Iterable[int], prefetch: bool):
+        epochs = list(epochs)
         self.sampler, self.device, self.prefetch = sampler, torch.device(device), prefetch
-        self.epochs = iter(list(epochs))
-        self._stream = iter(Prefetch(self._all_epochs(list(epochs)), self.device)) if prefetch else None
+        self.epochs = iter(epochs)
+        self._stream = iter(Prefetch(self._all_epochs(epochs), self.device)) if prefetch else None
 
     def _all_epochs(self, epochs: list[int]) -> Iterator:
         for epoch in epochs:
