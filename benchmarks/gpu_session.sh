@@ -102,5 +102,5 @@ sed -n '/^### Training step/,$p' "$work/gpu_step.txt" | grep -v '^\s*$'
 grep -E "^(audio|spectrogram|log-mel|  filter|  pitch|biquad_filter)" "$work/step/augment.txt" 2>/dev/null
 echo "-- probe"
 grep -E "^(ceilings|encoder|samplecnn|resnet|profile of [^a])" "$work/probe.txt"
-grep -A20 "^profile of audio bf16" "$work/probe.txt" | cut -c1-120
+grep -A20 "^profile of audio" "$work/probe.txt" | cut -c1-120
 } 2>&1 | tee "$OUT/summary.txt"
