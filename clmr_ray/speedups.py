@@ -1,5 +1,6 @@
-"""Speed-ups of the training step. All but one pay on a GPU only and are off on a CPU (they cost
-there or change nothing); reusing freed host memory pays on both.
+"""Speed-ups of the training step. Most pay on a GPU only and are off on a CPU (they cost there or
+change nothing); reusing freed host memory pays on both; views_in_one_call is off everywhere until a
+GPU run shows it pays.
 
     speed = Speedups.for_device(device)            # what is on for this device
     speed.apply_backend()                          # host memory reuse, cuDNN autotuning (process-wide)
@@ -7,12 +8,14 @@ there or change nothing); reusing freed host memory pays on both.
     optimizer = speed.adam(model.parameters(), lr=1e-3, weight_decay=0.0)
     step = speed.step(model, optimizer, temperature=0.1, generator=g, amp=True, grad_clip=None)
     with speed.feed(sampler, device, epochs) as feed:  # sampled and pinned ahead, across epoch ends
-        for batch in feed.epoch(epoch):            # (the epochs in order)
-            loss = step(batch)                     # replayed as one CUDA graph after a few steps
+        for epoch in epochs:
+            for batch in feed.epoch(epoch):
+                loss = step(batch)                 # replayed as one CUDA graph after a few steps
 
 Each one that touches the computation keeps the gradients: tests/unit/test_speedups.py runs a few
 optimiser steps with and without it on CPU and compares the parameters (reusing host memory touches
-none). bench step (--without NAME) measures each.
+none; views_in_one_call draws other views, and its test checks what it draws). bench step (--without
+NAME, --with NAME) measures each.
 """
 
 from __future__ import annotations
@@ -214,26 +217,31 @@ class Prefetch:
         return batch
 
 
+@dataclass(frozen=True)
+class _EpochEnd:
+    epoch: int
+
+
 class EpochFeed:
     """The training batches of a run's epochs, in order: `feed.epoch(e)` iterates epoch e's, as
     iterating the sampler after set_epoch(e) would. With prefetch, one Prefetch runs through all
     the epochs: the next epoch's first batches are sampled and pinned while this one's last
     steps, its validation and its checkpoint run, so an epoch never starts by waiting for the
-    sampler (at the paper's 443 training tracks an epoch is 9 steps). Epochs must be asked for in
-    order; close() (or the with-block's end) stops the thread."""
-
-    _END = "end of epoch"
+    sampler (at the paper's 443 training tracks an epoch is 10 steps: 9 of 48 crops, one of 11).
+    Epochs must be asked for in order; what an epoch left unread is skipped; close() (or the
+    with-block's end) stops the thread."""
 
     def __init__(self, sampler, device: torch.device | str, epochs: Iterable[int], prefetch: bool):
         epochs = list(epochs)
         self.sampler, self.device, self.prefetch = sampler, torch.device(device), prefetch
         self.epochs = iter(epochs)
         self._stream = iter(Prefetch(self._all_epochs(epochs), self.device)) if prefetch else None
+        self._unread = None  # an epoch whose end the stream has not passed, though the caller moved on
 
     def _all_epochs(self, epochs: list[int]) -> Iterator:
         for epoch in epochs:
             yield from self.sampler.raw_batches(epoch)
-            yield (self._END, epoch)
+            yield _EpochEnd(epoch)
 
     def epoch(self, epoch: int) -> Iterator[CropBatch]:
         expected = next(self.epochs, None)
@@ -243,8 +251,14 @@ class EpochFeed:
             for raw in self.sampler.raw_batches(epoch):
                 yield raw.to_float(self.device)
             return
+        if self._unread is not None:
+            for item in self._stream:  # the rest of the epoch before
+                if isinstance(item, _EpochEnd):
+                    break
+        self._unread = epoch
         for item in self._stream:
-            if isinstance(item, tuple) and item[0] == self._END:
+            if isinstance(item, _EpochEnd):
+                self._unread = None
                 return
             yield item
 

@@ -284,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be >= 1, --warmup >= 0 and --batch >= 2")
     without = Speedups.names() if args.without == "all" else tuple(n for n in args.without.split(",") if n)
     with_ = tuple(n for n in args.with_.split(",") if n)
-    for flag, names in (("--without", without), ("--with", with_)):
+    for flag, names, apply in (("--without", without, Speedups().without), ("--with", with_, Speedups().with_)):
         try:
-            Speedups().without(names)
+            apply(names)
         except ValueError as exc:
             parser.error(f"{flag}: {exc}")
     if args.peak_tflops is not None and args.peak_tflops <= 0:

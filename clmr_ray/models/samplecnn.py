@@ -88,7 +88,7 @@ class SampleCNN(nn.Module):
         the [B, T / 3, 3] windows with its [3, C] weights, which leaves [B, T / 3, C]: channels-last
         memory of [B, C, 1, T / 3]. As a Conv2d on its one input channel the output came back in
         NCHW (one channel is both layouts, and cuDNN keeps NCHW), and the first BatchNorm and block
-        then ran on that layout: on an H200, 11 of a step's 25 ms of kernels."""
+        then ran on that layout: on an H200 a paper step's kernels took 24.5 ms that way, 16.2 this way."""
         conv = self.front[0]
         (k,), (stride,) = conv.kernel_size, conv.stride
         assert k == stride and conv.in_channels == 1 and conv.padding == (0,)

@@ -217,7 +217,8 @@ def test_samplecnn_channels_last_path_keeps_every_activation_channels_last():
     """Every 4-D tensor the channels-last path makes with more than one channel (convolutions,
     BatchNorm, pooling, ReLU, forward and backward) lies in channels-last memory. The front conv
     has one input channel, a layout-free tensor, and as a Conv2d it left NCHW output behind: on an
-    H200 the first BatchNorm and block then ran in NCHW kernels and transposes (11 of 25 ms)."""
+    H200 the first BatchNorm and block then ran in NCHW kernels and transposes (a step's kernels 24.5
+    ms against 16.2)."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 

@@ -195,8 +195,8 @@ def test_reused_host_memory_serves_large_tensors_from_the_heap(mode):
 def test_epoch_feed_gives_each_epoch_the_sampler_batches_and_prefetches_across_epochs(tmp_path):
     """EpochFeed with and without prefetch: each epoch's batches equal the sampler's after
     set_epoch, bit for bit; with prefetch one thread serves every epoch (it lives on past each
-    epoch's end, sampling the next); epochs out of order are refused; closing mid-epoch joins
-    the thread."""
+    epoch's end, sampling the next); epochs out of order are refused; what an epoch left unread is
+    skipped by the next; closing mid-epoch joins the thread."""
     from clmr_ray.bench.epoch import noise_split
     from clmr_ray.data.sampling import TrainSampler
     from clmr_ray.speedups import EpochFeed
@@ -220,6 +220,10 @@ def test_epoch_feed_gives_each_epoch_the_sampler_batches_and_prefetches_across_e
     with EpochFeed(sampler, "cpu", [1, 2], prefetch=True) as feed, \
             pytest.raises(ValueError, match="EpochFeed: epoch 2 asked for, 1 comes next"):
         next(feed.epoch(2))
+    with EpochFeed(sampler, "cpu", [1, 2], prefetch=True) as feed:
+        next(feed.epoch(1))  # stopped mid-epoch: the next epoch skips what is left of it
+        got = list(feed.epoch(2))
+        assert len(got) == 3 and all(torch.equal(a.audio, b.audio) for a, b in zip(got, expected[2], strict=True))
     with EpochFeed(sampler, "cpu", [1, 2], prefetch=True) as feed:
         next(feed.epoch(1))  # stopped mid-epoch, as a run told to stop does
     assert threading.active_count() == before
