@@ -205,12 +205,15 @@ class Prefetch:
             thread.join()
 
     def _to_device(self, item: RawCrops | CropBatch, copies: torch.cuda.Stream | None) -> CropBatch:
+        def move(non_blocking: bool) -> CropBatch:
+            if isinstance(item, RawCrops):
+                return item.to_float(self.device, non_blocking=non_blocking)
+            return CropBatch(item.audio.to(self.device, non_blocking=non_blocking), item.track_index)
+
         if copies is None:
-            return item.to_float(self.device) if isinstance(item, RawCrops) else \
-                CropBatch(item.audio.to(self.device), item.track_index)
+            return move(non_blocking=False)
         with torch.cuda.stream(copies):
-            batch = item.to_float(self.device, non_blocking=True) if isinstance(item, RawCrops) else \
-                CropBatch(item.audio.to(self.device, non_blocking=True), item.track_index)
+            batch = move(non_blocking=True)
         step_stream = torch.cuda.current_stream(self.device)
         step_stream.wait_stream(copies)
         batch.audio.record_stream(step_stream)  # made on the copy stream, used and freed on the step's

@@ -131,10 +131,13 @@ def filter_methods(x: torch.Tensor, sample_rate: int, seeds: int, repeats: int) 
     drawn per seed), on x's device: which one "auto" should pick there."""
     g = torch.Generator(device=x.device)
 
-    def draws(seed: int):
-        g.manual_seed(seed)
+    def draw():
         highpass = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
         return 200 + 3800 * torch.rand(x.shape[0], generator=g, device=x.device), highpass
+
+    def draws(seed: int):
+        g.manual_seed(seed)
+        return draw()
 
     def filtered(seed: int, method: str) -> torch.Tensor:
         return A.biquad_filter(x, *draws(seed), sample_rate, method=method, lowest_cutoff_hz=200.0)
@@ -144,9 +147,8 @@ def filter_methods(x: torch.Tensor, sample_rate: int, seeds: int, repeats: int) 
     if x.device.type == "cuda":  # the draws from the registered generator's running state: no reseeding in a graph
         g.manual_seed(0)
         graphed = {method: graph_replay_ms(lambda method=method: A.biquad_filter(
-                       x, 200 + 3800 * torch.rand(x.shape[0], generator=g, device=x.device),
-                       torch.rand(x.shape[0], generator=g, device=x.device) < 0.5, sample_rate, method=method,
-                       lowest_cutoff_hz=200.0), g) for method in ("blocks", "fft")}
+                       x, *draw(), sample_rate, method=method, lowest_cutoff_hz=200.0), g)
+                   for method in ("blocks", "fft")}
         rates.update({f"{method} as a graph": x.shape[0] / ms * 1e3 if isinstance(ms, float) else ms
                       for method, ms in graphed.items()})
     return rates
