@@ -230,18 +230,19 @@ def test_parallel_filters_have_the_magnitude_response_of_the_recursive_biquad(sa
     assert (in_parallel - by_recurrence).abs().max() < 1e-5 * x.abs().max()
 
 
+@pytest.mark.parametrize("method", ["blocks", "fft"])
 @pytest.mark.parametrize("length", [1, 31, 32, 33, 1000, 20011])
-def test_block_filter_is_the_recurrence_to_float_rounding(length):
+def test_parallel_filters_are_the_recurrence_to_float_rounding(length, method):
     """Crops shorter than a block, not a whole number of blocks, a 1 Hz cutoff (ringing longer than the
-    crop: the scan spans every block) and one above the clamp (0.45 x the sample rate). In float64 it is
-    lfilter's recurrence to 1e-9; in float32 it is closer to that than lfilter's own float32 run (which
-    drifts ~2e-6 of full scale)."""
+    crop: the block scan spans every block, the FFT's impulse response is ~100,000 samples long) and one
+    above the clamp (0.45 x the sample rate). In float64 each is lfilter's recurrence to 1e-9; in float32
+    each is closer to that than lfilter's own float32 run (which drifts ~2e-6 of full scale)."""
     cutoff = torch.tensor([1.0, 200.0, 1200.0, 2200.0, 4000.0, 9922.5])
     highpass = torch.tensor([True, True, False, False, True, False])
     x = 0.5 * torch.randn(6, length, generator=gen(5), dtype=torch.float64)
     exact = A.biquad_filter(x, cutoff, highpass, SR, method="recursive")
-    assert (A.biquad_filter(x, cutoff, highpass, SR, method="blocks") - exact).abs().max() < 1e-9
-    single = A.biquad_filter(x.float(), cutoff, highpass, SR, method="blocks")
+    assert (A.biquad_filter(x, cutoff, highpass, SR, method=method) - exact).abs().max() < 1e-9
+    single = A.biquad_filter(x.float(), cutoff, highpass, SR, method=method)
     assert single.dtype == torch.float32 and single.shape == x.shape
     assert (single - exact).abs().max() < 1e-6 * x.abs().max()
 

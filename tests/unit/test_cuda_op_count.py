@@ -68,3 +68,13 @@ def test_samplecnn_forward_writes_less_with_relu_after_pooling(op_count):
         return counted.bytes
 
     assert written(textbook=False) < 0.95 * written(textbook=True)
+
+
+def test_fft_filter_writes_a_few_arrays_of_the_ffts_size(op_count):
+    """Its per-row part is an impulse response a few hundred samples long: the full-size arrays are
+    the two padded inputs, their spectra, the product and the inverse (the frequency response on the
+    FFT's grid, in float64, wrote ~35 such arrays)."""
+    views, samples, sample_rate = 8, 59049, 22050
+    _, written = op_count.count_filter("fft", views, samples, sample_rate, lowest_cutoff_hz=200.0)
+    full_size = views * 65536 * 4  # the FFT's length for 59,049 samples and a ~500-sample response, float32
+    assert written < 7 * full_size
