@@ -396,7 +396,10 @@ def wsola_offsets(x: torch.Tensor, ratio: torch.Tensor, geo: WsolaGeometry, segm
     nfft = 1 << (span - 1).bit_length()
     corr = torch.fft.irfft(torch.fft.rfft(theirs, nfft) * torch.fft.rfft(ours, nfft).conj_physical(), nfft)
     energy = F.pad(theirs.square().cumsum(-1), (1, 0))
-    energy = (energy[..., width:] - energy[..., :lags]).mul_(ours.square().sum(-1, keepdim=True))
+    own = ours.square().sum(-1, keepdim=True)
+    # a window 60 dB below the overlap counts as that loud: past the crop's end (zero padding) its correlation
+    # is FFT rounding, which divided by a vanishing energy would outscore every real match
+    energy = torch.maximum(energy[..., width:] - energy[..., :lags], own * SILENT_WINDOW).mul_(own)
     away = (torch.arange(lags, device=device, dtype=dtype) - 2 * radius).abs_().mul_(MOVE_PENALTY / (2 * radius))
     score = energy.clamp_min_(1e-20).rsqrt_().mul_(corr[..., :lags]).sub_(away)  # [N, K-1, lags]
     best = wsola_walk(score, radius)  # [N, K-1]: the lag each segment takes, as an index into score
@@ -408,6 +411,7 @@ def wsola_offsets(x: torch.Tensor, ratio: torch.Tensor, geo: WsolaGeometry, segm
     return torch.cat([nominal[:, :1], nominal[:, :1] + lag.cumsum(-1)], dim=-1)
 
 
+SILENT_WINDOW = 1e-6  # energy, relative to the overlap's, below which a window counts as silent
 MOVE_PENALTY = 1e-3  # correlation a lag 2 search radii from the nominal one must gain over it
 
 

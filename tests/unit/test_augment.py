@@ -208,6 +208,21 @@ def test_pitch_shift_of_a_row_does_not_depend_on_the_rest_of_the_batch():
     assert torch.equal(together, A.pitch_shift(x, steps, SR))
 
 
+@pytest.mark.parametrize(("sample_rate", "length"), [(8000, 4000), (22050, 59049)])
+def test_pitch_shift_joins_segments_where_float64_joins_them(sample_rate, length):
+    """Where a join's search window reaches past the crop's end (zero padding), its correlation is FFT
+    rounding over a vanishing energy: such windows once outscored every real match, by rounding noise,
+    so float32 joined the last segments hundreds of samples from where float64 did (and a row's view
+    depended on the rest of its batch). Silent windows now count as 60 dB below the overlap."""
+    x = 0.3 * torch.randn(8, length, generator=gen(0), dtype=torch.float64)
+    ratio = torch.pow(2.0, torch.tensor([-5.0, -3.0, -1.0, 1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64) / 12)
+    geo = A.WsolaGeometry.at(sample_rate)
+    segments = -(-length // geo.hop)
+    exact = A.wsola_offsets(x, ratio, geo, segments)
+    single = A.wsola_offsets(x.float(), ratio.float(), geo, segments).double()
+    assert (single - exact).abs().max() < 0.01  # samples
+
+
 def impulse_responses(method: str, cutoff: torch.Tensor, highpass: torch.Tensor, sample_rate: int) -> torch.Tensor:
     x = torch.zeros(cutoff.shape[0], 8192, dtype=torch.float64)
     x[:, 0] = 1.0
