@@ -114,13 +114,9 @@ class ContrastiveModel(nn.Module):
 
     def augment_views(self, views: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Both views [B, 2, T] of a single-format step through its pipeline: [2B, ...], view 0's
-        rows first. Two calls of B rows; with views_in_one_call, one call of 2B rows (half the
-        kernels, the same distribution of views, other draws from the generator) where the
-        pipeline's rows are independent (no noise mixed from the rest of the batch)."""
-        pipe = self.pipelines[self.formats[0]]
-        if self.views_in_one_call and pipe.rows_independent:
-            return pipe(views[:, :2].transpose(0, 1).flatten(0, 1), generator)
-        return torch.cat([pipe(views[:, 0], generator), pipe(views[:, 1], generator)])
+        rows first, drawn as two calls draw them; with views_in_one_call computed as one batch of
+        2B rows (AugmentPipeline.views)."""
+        return self.pipelines[self.formats[0]].views(views[:, :2], generator, together=self.views_in_one_call)
 
     def loss(self, z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, gather: bool) -> torch.Tensor:
         if len(self.formats) == 2:

@@ -66,16 +66,20 @@ def noise_mix(
         return mix_at_snr(x, _noise(x, generator), snr_db)
     if source != "batch":
         raise ValueError(f"noise_mix.source: unknown source '{source}'; choose one of batch, white")
-    n = x.shape[0]
-    if others is not None:
-        pick = torch.randint(0, others.shape[0], (n,), generator=generator, device=x.device)
-        return mix_at_snr(x, others[pick].to(x.dtype), snr_db)
+    pick = draw_mix_partners(x.shape[0], generator, x.device, None if others is None else others.shape[0])
+    return mix_at_snr(x, (x if others is None else others)[pick].to(x.dtype), snr_db)
+
+
+def draw_mix_partners(n: int, generator: torch.Generator | None, device, pool: int | None = None) -> torch.Tensor:
+    """The row each of n examples mixes in [N]: a random *other* one of the n, or a random one of a
+    pool of `pool` clips."""
+    if pool is not None:
+        return torch.randint(0, pool, (n,), generator=generator, device=device)
     if n < 2:
-        raise ValueError("noise_mix.source: 'batch' mixes another clip of the batch; it needs >= 2 examples, got 1")
+        raise ValueError(f"noise_mix.source: 'batch' mixes another clip of the batch; it needs >= 2 examples, got {n}")
     # A shift in [1, n-1] never maps an example onto itself.
-    shift = torch.randint(1, n, (n,), generator=generator, device=x.device)
-    pick = (torch.arange(n, device=x.device) + shift) % n
-    return mix_at_snr(x, x[pick], snr_db)
+    shift = torch.randint(1, n, (n,), generator=generator, device=device)
+    return (torch.arange(n, device=device) + shift) % n
 
 
 def biquad_coefficients(
@@ -263,12 +267,23 @@ def reverb_impulse_response(
 
     Length is length_s, by default the longest rt60 of the batch (read back from rt60_s: on a GPU,
     pass a bound instead); shorter ones are ~silent past their own rt60."""
+    length = reverb_length(rt60_s, sample_rate, length_s)
+    noise = torch.randn(rt60_s.shape[0], length, generator=generator, device=rt60_s.device, dtype=dtype)
+    return shape_room_response(noise, rt60_s, sample_rate)
+
+
+def reverb_length(rt60_s: torch.Tensor, sample_rate: int, length_s: float | None = None) -> int:
+    """Samples of reverb_impulse_response's response (at least 1)."""
     if length_s is None:
         length_s = float(rt60_s.max())
-    length = max(1, math.ceil(length_s * sample_rate))
-    t = torch.arange(length, device=rt60_s.device, dtype=dtype) / sample_rate
-    envelope = torch.exp(-math.log(1000.0) * t / rt60_s.to(dtype).clamp_min(1e-3).unsqueeze(-1))
-    ir = torch.randn(envelope.shape, generator=generator, device=rt60_s.device, dtype=dtype) * envelope
+    return max(1, math.ceil(length_s * sample_rate))
+
+
+def shape_room_response(noise: torch.Tensor, rt60_s: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Gaussian noise [N, L] under an exponential envelope that falls 60 dB at rt60_s [N]; unit energy."""
+    t = torch.arange(noise.shape[-1], device=noise.device, dtype=noise.dtype) / sample_rate
+    envelope = torch.exp(-math.log(1000.0) * t / rt60_s.to(noise.dtype).clamp_min(1e-3).unsqueeze(-1))
+    ir = noise * envelope
     return ir / ir.norm(dim=-1, keepdim=True).clamp_min(EPS)
 
 
@@ -282,7 +297,11 @@ def add_reverb(
 ) -> torch.Tensor:
     """(1 - wet) * x + wet * (x convolved with a synthetic room response of decay rt60_s, length_s
     long: see reverb_impulse_response)."""
-    ir = reverb_impulse_response(rt60_s, sample_rate, generator, x.dtype, length_s)
+    return mix_reverb(x, reverb_impulse_response(rt60_s, sample_rate, generator, x.dtype, length_s), wet)
+
+
+def mix_reverb(x: torch.Tensor, ir: torch.Tensor, wet: torch.Tensor) -> torch.Tensor:
+    """(1 - wet) * x + wet * (x convolved with ir [N, L]), wet [N]."""
     wet = wet.to(x.dtype).unsqueeze(-1)
     return (1 - wet) * x + wet * fft_convolve(x, ir)
 

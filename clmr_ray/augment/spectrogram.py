@@ -22,11 +22,27 @@ def mask_along_axis(
     start uniformly among the positions where the mask fits. Masked cells are set to value
     [N] (default: each example's own mean, which is 0 after LogMel's standardisation).
     Examples where selected [N] (bool) is False are left as they are."""
+    n = spec.shape[0]
+    width_u = torch.rand(n, generator=generator, device=spec.device)
+    start_u = torch.rand(n, generator=generator, device=spec.device)
+    return mask_span(spec, max_width, dim, width_u, start_u, selected, value)
+
+
+def mask_span(
+    spec: torch.Tensor,
+    max_width: int,
+    dim: int,
+    width_u: torch.Tensor,
+    start_u: torch.Tensor,
+    selected: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """mask_along_axis with its two uniform draws in [0, 1) given: width_u and start_u [N]."""
     n, size = spec.shape[0], spec.shape[dim]
     device = spec.device
     max_width = min(int(max_width), size)
-    width = (torch.rand(n, generator=generator, device=device) * (max_width + 1)).long().clamp_max(max_width)
-    start = (torch.rand(n, generator=generator, device=device) * (size - width + 1)).long()
+    width = (width_u * (max_width + 1)).long().clamp_max(max_width)
+    start = (start_u * (size - width + 1)).long()
     if selected is not None:
         width = width * selected
     position = torch.arange(size, device=device)

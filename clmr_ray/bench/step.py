@@ -9,7 +9,7 @@ On CUDA the FLOPs of one step are counted with torch.utils.flop_counter (matmuls
 convolutions, forward and backward; the STFT and the augmentations are not counted), divided
 by the step time and by the card's dense bf16 peak (datasheet, by name; --peak-tflops to set it).
 The GPU speed-ups of clmr_ray/speedups.py are on as in training; --without turns some off, --with
-turns on one that is off by default (views_in_one_call).
+turns on some that are off for the device (on a CPU: views_in_one_call, the GPU's others).
 With cuda_graph (on for CUDA) the timed steps are replays of the captured step (the row's
 cuda_graph column says whether capture worked); the split and the FLOP count run eager steps,
 and the augmentation is also timed as a graph of its own (augment_graph_ms, and its share of
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--without", default="", help=f"speed-ups to turn off, comma-separated: "
                         f"{','.join(Speedups.names())} (or 'all')")
     parser.add_argument("--with", dest="with_", default="", help="speed-ups to turn on that are off for the "
-                        "device (views_in_one_call is off everywhere), comma-separated")
+                        "device (on a CPU all but reuse_host_memory), comma-separated")
     parser.add_argument("--no-split", action="store_true", help="skip timing the phases of a step")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's peak (default: by its name)")
     parser.add_argument("--deterministic", action="store_true",

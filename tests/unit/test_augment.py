@@ -451,6 +451,45 @@ def test_preset_pipelines_are_reproducible_from_the_generator(name):
     assert AugmentPipeline(spec.spectrogram.augment, sr, mel)(x, gen()).shape == (4, 1, mel.n_mels, 6561 // mel.hop_length + 1)
 
 
+def every_augmentation_alone() -> dict[str, tuple[AugmentSpec, MelSpec | None]]:
+    """Each augmentation alone at p = 0.5 (noise_mix from the batch and from white noise), and the tiny
+    preset's two pipelines: name -> (spec, mel or None)."""
+    spec = preset("tiny")
+    cases = {"audio": (spec.audio.augment, None), "spectrogram": (spec.spectrogram.augment, MEL)}
+    for name in WAVEFORM_AUGS + ("freq_mask", "time_mask"):
+        aug = dataclasses.replace(getattr(AugmentSpec(), name), enabled=True, p=0.5)
+        cases[name] = (disabled(**{name: aug}), MEL if name.endswith("mask") else None)
+    cases["noise_mix_white"] = (disabled(noise_mix=dataclasses.replace(cases["noise_mix"][0].noise_mix, source="white")),
+                                None)
+    return cases
+
+
+@pytest.mark.parametrize("case", list(every_augmentation_alone()))
+def test_views_are_the_views_of_one_call_per_view(case):
+    """views() draws each view as a call on it draws it: computed a view at a time, the calls' views
+    bit for bit; computed together (2B rows at once), the same to float rounding (on other inputs,
+    rounding can tip the pitch shift's choice of where segments join). noise_mix from the batch mixes
+    within each view's rows."""
+    augment, mel = every_augmentation_alone()[case]
+    pipe = AugmentPipeline(augment, SR, mel)
+    for batch in (2, 5):
+        views = 0.3 * torch.randn(batch, 2, 4000, generator=gen(batch))
+        g = gen(3)
+        calls = torch.cat([pipe(views[:, 0], g), pipe(views[:, 1], g)])
+        assert torch.equal(pipe.views(views, gen(3), together=False), calls)
+        together = pipe.views(views, gen(3))
+        assert together.shape == calls.shape
+        torch.testing.assert_close(together, calls, rtol=0, atol=1e-6)
+
+
+def test_views_errors_are_one_line():
+    pipe = AugmentPipeline(AugmentSpec(), SR)
+    with pytest.raises(ValueError, match=r"AugmentPipeline.views: expected views \[B, V, T\], got shape \(2, 100\)"):
+        pipe.views(torch.randn(2, 100), gen())
+    with pytest.raises(ValueError, match="generator is on cpu but the batch is on meta"):
+        pipe.views(torch.randn(2, 2, 100, device="meta"), gen())
+
+
 def test_spectrogram_pipeline_masks_after_logmel():
     x = 0.3 * torch.randn(6, 8000)
     masks = {"enabled": True, "p": 1.0, "max_fraction": 0.25, "n_masks": 2}

@@ -87,6 +87,19 @@ def test_paper_pipelines_on_cuda_are_reproducible_and_finite(fmt):
     assert a.shape == pipe.plain(x).shape and a.dtype == torch.float32
 
 
+@pytest.mark.parametrize("fmt", ["audio", "spectrogram"])
+def test_views_together_on_cuda_are_the_views_one_at_a_time(fmt):
+    """views_in_one_call (on for CUDA): each view drawn as its own call draws it, all rows computed at
+    once; the same views to float rounding."""
+    spec = preset("paper")
+    mel = spec.spectrogram.mel if fmt == "spectrogram" else None
+    pipe = AugmentPipeline(getattr(spec, fmt).augment, spec.data.sample_rate, mel).cuda()
+    views = torch.stack([noise(8, spec.pretrain.crop_samples, 3), noise(8, spec.pretrain.crop_samples, 4)], 1).cuda()
+    apart = pipe.views(views, torch.Generator(device="cuda").manual_seed(5), together=False)
+    together = pipe.views(views, torch.Generator(device="cuda").manual_seed(5))
+    torch.testing.assert_close(together, apart, rtol=0, atol=1e-4)
+
+
 def train_on_cuda(fmt: str, speed: Speedups, amp: bool, steps: int = 3) -> tuple[list[torch.Tensor], list[float]]:
     spec = preset("tiny", {"pretrain.crop_samples": 2187})
     torch.manual_seed(0)

@@ -113,8 +113,7 @@ def test_train_step_returns_the_loss_without_reading_it_back():
 
 def test_speedups_are_on_for_cuda_and_cudnn_autotuning_not_when_deterministic():
     assert Speedups.for_device("cpu") == Speedups(reuse_host_memory=True)
-    assert Speedups.for_device("cuda", deterministic=False) == Speedups(
-        *[name != "views_in_one_call" for name in Speedups.names()])
+    assert Speedups.for_device("cuda", deterministic=False) == Speedups(*[True for _ in Speedups.names()])
     assert Speedups().with_(["views_in_one_call"]).views_in_one_call
     assert not Speedups.for_device("cuda", deterministic=True).cudnn_benchmark
     assert Speedups.for_device("cuda", deterministic=False).without(["prefetch"]).prefetch is False
@@ -229,33 +228,26 @@ def test_epoch_feed_gives_each_epoch_the_sampler_batches_and_prefetches_across_e
     assert threading.active_count() == before
 
 
-def test_views_in_one_call_augments_all_rows_in_one_pipeline_call():
-    """views_in_one_call: both views through one call of 2B rows, view 0's rows first. Without
-    random augmentation it gives what two calls give; with it, what the pipeline gives the 2B rows
-    from the same generator state. A pipeline that mixes rows of its batch (noise_mix from the
-    batch) keeps two calls: bit for bit the two-call views."""
+def test_views_in_one_call_draws_the_two_calls_views_and_augments_them_together():
+    """Off: the two calls of before, bit for bit. On: the pipeline's views() with its rows together,
+    each view drawn as its own call draws it (the views themselves: tests/unit/test_augment.py).
+    Training with it on gives the two-call training to float rounding."""
     views = batches(1, size=4)[0].audio
-    flat = torch.cat([views[:, 0], views[:, 1]])
 
-    def model_with(overrides: dict, one_call: bool) -> ContrastiveModel:
-        spec = preset("tiny", {"pretrain.crop_samples": CROP, **overrides})
+    def model_with(one_call: bool) -> ContrastiveModel:
+        spec = preset("tiny", {"pretrain.crop_samples": CROP})
         return Speedups(views_in_one_call=one_call).prepare_model(ContrastiveModel(spec, "audio", 8000))
 
-    off = {f"audio.augment.{name}.enabled": False for name in ("noise", "gain", "filter", "pitch", "polarity",
-                                                                 "delay", "reverb", "noise_mix")}
-    polarity = {**off, "audio.augment.polarity.enabled": True, "audio.augment.polarity.p": 1.0}
-    one, two = model_with(polarity, True), model_with(polarity, False)
+    one, two = model_with(True), model_with(False)
     assert one.views_in_one_call and not two.views_in_one_call
+    pipe = two.pipelines["audio"]
     g = torch.Generator().manual_seed(3)
-    assert torch.equal(one.augment_views(views, g), -flat) and torch.equal(two.augment_views(views, g), -flat)
+    calls = torch.cat([pipe(views[:, 0], g), pipe(views[:, 1], g)])
+    assert torch.equal(two.augment_views(views, torch.Generator().manual_seed(3)), calls)
+    together = one.augment_views(views, torch.Generator().manual_seed(3))
+    assert torch.equal(together, pipe.views(views, torch.Generator().manual_seed(3), together=True))
+    assert torch.allclose(together, calls, rtol=0, atol=1e-6)
 
-    one = model_with({}, True)
-    assert one.pipelines["audio"].rows_independent
-    got = one.augment_views(views, torch.Generator().manual_seed(3))
-    assert torch.equal(got, one.pipelines["audio"](flat, torch.Generator().manual_seed(3)))
-
-    mixing = {**off, "audio.augment.noise_mix.enabled": True, "audio.augment.noise_mix.p": 1.0}
-    one, two = model_with(mixing, True), model_with(mixing, False)
-    assert not one.pipelines["audio"].rows_independent
-    assert torch.equal(one.augment_views(views, torch.Generator().manual_seed(3)),
-                       two.augment_views(views, torch.Generator().manual_seed(3)))
+    steps = batches()
+    assert_same_training(train("audio", Speedups(), steps, sgd=True),
+                         train("audio", Speedups(views_in_one_call=True), steps, sgd=True), rtol=1e-5, atol=1e-6)
