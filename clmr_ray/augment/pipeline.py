@@ -67,8 +67,8 @@ class AugmentPipeline(nn.Module):
     def views(self, views: torch.Tensor, generator: torch.Generator | None = None, together: bool = True) -> torch.Tensor:
         """views [B, V, T] -> one augmented view of each, [V B, ...], view 0's rows first: what V calls,
         one per view in turn, give. Each view's draws are a call's; with `together` all V B rows are
-        then computed at once (1/V of the calls' kernels on a GPU, noise_mix mixing within each view),
-        the same views to float rounding, which can tip the pitch shift's choice of where segments join."""
+        then computed at once (1/V of the calls' kernels on a GPU, noise_mix mixing within each view):
+        the same views to float rounding (which could tip a near-tie between two places to join segments)."""
         if views.dim() != 3:
             raise ValueError(f"AugmentPipeline.views: expected views [B, V, T], got shape {tuple(views.shape)}")
         xs = [self._checked(views[:, v], generator) for v in range(views.shape[1])]
