@@ -7,6 +7,7 @@
 #   4. benchmarks/gpu_probe.py (the card's ceilings, encoder layout/precision variants, profiles).
 # Every log goes into $OUT/session.tar.gz; the summary is printed last and left in $OUT/summary.txt. Needs soundfile for the
 # tests and the old tree: wheels in .whl/ are installed to /tmp/site when present (see the device README).
+# benchmarks/gpu_carry.sh [REV] prepares .bench_before/, .bench_prev/ and .whl/ on a machine with git and a registry.
 #
 # Knobs (environment): BUDGET (seconds for everything), PROBE_RESERVE (seconds kept for the probe),
 # SKIP_BEFORE_AUGMENT=1 (no bench augment of the old tree), PROBE_SKIP=ceilings,encoders,profile (or
