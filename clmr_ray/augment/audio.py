@@ -66,8 +66,14 @@ def noise_mix(
         return mix_at_snr(x, _noise(x, generator), snr_db)
     if source != "batch":
         raise ValueError(f"noise_mix.source: unknown source '{source}'; choose one of batch, white")
-    pick = draw_mix_partners(x.shape[0], generator, x.device, None if others is None else others.shape[0])
-    return mix_at_snr(x, (x if others is None else others)[pick].to(x.dtype), snr_db)
+    partners = draw_mix_partners(x.shape[0], generator, x.device, None if others is None else others.shape[0])
+    return mix_partners(x, partners, snr_db, others)
+
+
+def mix_partners(x: torch.Tensor, partners: torch.Tensor, snr_db: torch.Tensor,
+                 others: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row i of x with row partners[i] of x (or of `others`) mixed in at snr_db [N]."""
+    return mix_at_snr(x, (x if others is None else others)[partners].to(x.dtype), snr_db)
 
 
 def draw_mix_partners(n: int, generator: torch.Generator | None, device, pool: int | None = None) -> torch.Tensor:
@@ -228,6 +234,12 @@ def on_rows(x: torch.Tensor, selected: torch.Tensor, fn, owned: bool = False) ->
     out = x if owned else x.clone()
     out[rows] = fn(rows)
     return out
+
+
+def rows_handed(selected: torch.Tensor) -> int:
+    """How many rows on_rows hands its function for `selected` [N]: all on CUDA, the selected ones
+    elsewhere (read back)."""
+    return selected.shape[0] if selected.device.type == "cuda" else int(selected.sum())
 
 
 @contextmanager

@@ -109,7 +109,7 @@ class AugmentPipeline(nn.Module):
         n, length, device = x.shape[0], x.shape[-1], x.device
         if name == "noise":
             snr = _uniform(n, aug.snr_db, g, device)
-            return {"snr": snr, "noise": _noise_rows(_chosen(selected), length, g, x)}
+            return {"snr": snr, "noise": _noise_rows(A.rows_handed(selected), length, g, x)}
         if name == "gain":
             return {"gain_db": _uniform(n, aug.gain_db, g, device)}
         if name == "filter":
@@ -122,7 +122,7 @@ class AugmentPipeline(nn.Module):
             return {"steps_u": torch.rand(n, generator=g, device=device)}
         if name == "reverb":
             rt60, wet = _uniform(n, aug.rt60_s, g, device), _uniform(n, aug.wet, g, device)
-            rows = _chosen(selected)
+            rows = A.rows_handed(selected)
             if device.type == "cuda":  # every row, as long as the longest rt60 the spec allows
                 room = A.reverb_length(rt60, self.sample_rate, aug.rt60_s[1])
             else:  # the chosen rows, as long as their own longest rt60
@@ -186,12 +186,10 @@ class AugmentPipeline(nn.Module):
             if aug.source == "white":
                 return A.mix_at_snr(x, d["noise"], d["snr"])
             partner = d["partner"]
-            if others is not None:
-                return A.mix_at_snr(x, others[partner].to(x.dtype), d["snr"])
-            if group is not None and group < x.shape[0]:  # several calls' rows: each mixes within its own call
+            if others is None and group is not None and group < x.shape[0]:  # several calls: each mixes within its own
                 first = torch.div(torch.arange(x.shape[0], device=x.device), group, rounding_mode="floor") * group
                 partner = partner + first
-            return A.mix_at_snr(x, x[partner], d["snr"])
+            return A.mix_partners(x, partner, d["snr"], others)
         raise AssertionError(f"no implementation for augmentation '{name}'")
 
 
@@ -208,11 +206,6 @@ def cat_draws(draws: list[Draws]) -> Draws:
                 parts = [p if p.shape[1] == width else F.pad(p, (0, width - p.shape[1])) for p in parts]
             joined[name][key] = torch.cat(parts)
     return joined
-
-
-def _chosen(selected: torch.Tensor) -> int:
-    """The rows on_rows hands its function: all on CUDA, the selected ones elsewhere (read back)."""
-    return selected.shape[0] if selected.device.type == "cuda" else int(selected.sum())
 
 
 def _noise_rows(rows: int, length: int, g, like: torch.Tensor) -> torch.Tensor:
