@@ -187,29 +187,36 @@ def score_probabilities(crop_probs: torch.Tensor, track_index: torch.Tensor, lab
 # --------------------------------------------------------------------- experiment
 
 
-def evaluate(spec: ExperimentSpec, encoders: dict[str, nn.Module], cache, device) -> Evaluation:
-    """Probe the frozen encoders of spec.format on `cache` (a CropCache): valid and test metrics
-    (track- and crop-level), the probe's size, the encoders' parameter count, and the per-track
-    valid and test predictions (what findings.py bootstraps over)."""
+SPLITS = ("train", "valid", "test")
+
+
+def extract_splits(spec: ExperimentSpec, fmt: str, encoder: nn.Module, cache, device) -> dict[str, Features]:
+    """`fmt`'s features of every split of `cache` (a CropCache): split name -> Features."""
     from .pretrain import build_pipeline
 
+    pipeline = build_pipeline(spec, fmt, cache.sample_rate)
+    return {name: extract_features(encoder, pipeline, cache.split(name), spec.pretrain.crop_samples,
+                                   spec.eval.batch_size, device) for name in SPLITS}
+
+
+def evaluate(spec: ExperimentSpec, encoders: dict[str, nn.Module], cache, device,
+             features: dict[str, dict[str, Features]] | None = None) -> Evaluation:
+    """Probe the frozen encoders of spec.format on `cache` (a CropCache): valid and test metrics
+    (track- and crop-level), the probe's size, the encoders' parameter count, and the per-track
+    valid and test predictions (what findings.py bootstraps over). `features`: format -> what
+    extract_splits gave before (a feature_store's); formats not in it are extracted."""
     formats = FORMATS[spec.format]
     missing = [f for f in formats if f not in encoders]
     if missing:
         raise ValueError(f"evaluate: format '{spec.format}' needs an encoder for {', '.join(missing)} "
                          f"(got: {', '.join(encoders) or 'none'})")
-    splits = {name: cache.split(name) for name in ("train", "valid", "test")}
+    splits = {name: cache.split(name) for name in SPLITS}
     for name, split in splits.items():
         if split.n_tracks == 0:
             raise ValueError(f"evaluate: split '{name}' of {cache.path} has no tracks")
     n_classes, multilabel = len(cache.label_names), cache.multilabel
-    crop = spec.pretrain.crop_samples
-
-    feats: dict[str, dict[str, Features]] = {}
-    for fmt in formats:
-        pipeline = build_pipeline(spec, fmt, cache.sample_rate)
-        feats[fmt] = {name: extract_features(encoders[fmt], pipeline, split, crop, spec.eval.batch_size, device)
-                      for name, split in splits.items()}
+    feats = {fmt: (features or {}).get(fmt) or extract_splits(spec, fmt, encoders[fmt], cache, device)
+             for fmt in formats}
 
     def fit(fs: dict[str, Features]) -> Probe:
         return train_probe(fs["train"], fs["valid"], splits["train"].labels, splits["valid"].labels, spec.eval,

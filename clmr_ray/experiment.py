@@ -2,8 +2,9 @@
 
 Pretrained encoders are content-addressed: `encoder_key` hashes exactly what determines an
 encoder (its pretraining data, its pipeline, the pretraining spec, the seed and the version of
-the training code; not the evaluation, the scaling or any path), so Table 2's "both" row reuses the two encoders Table 1
-already trained. The Ray layer swaps `pretrain_fn` for a distributed one; nothing here imports Ray.
+the training code; not the evaluation, the scaling or any path), so Table 2's "both" row reuses
+the two encoders Table 1 already trained, and with them the features they computed there
+(feature_store). The Ray layer swaps `pretrain_fn` for a distributed one; nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from .config import DataSpec, ExperimentSpec, spec_hash
 from .data import cache as crop_cache
 from .data import mirror, registry
 from .data.base import data_dir, file_lock
-from .evaluate import FORMATS, evaluate
+from .evaluate import FORMATS, evaluate, extract_splits
+from .feature_store import FeatureStore, features_key
 from .pretrain import PretrainResult, TrainContext, encoders_from_states, pretrain
 from .speedups import Speedups
 
@@ -122,6 +124,7 @@ class ExperimentResult:
     reused: list[str] = field(default_factory=list)  # units loaded from the store
     histories: dict[str, list[dict]] = field(default_factory=dict)
     encoder_sha256: dict[str, str] = field(default_factory=dict)  # unit -> SHA-256 of the encoder file used
+    features_reused: list[str] = field(default_factory=list)  # formats whose features came from the FeatureStore
     seconds: dict[str, float] = field(default_factory=dict)
     predictions: dict = field(default_factory=dict)  # split -> evaluate.TrackPredictions
 
@@ -199,6 +202,30 @@ def default_device(spec: ExperimentSpec) -> str:
     return "cpu"
 
 
+def reused_features(spec: ExperimentSpec, encoders: dict, store: EncoderStore, result: ExperimentResult,
+                    eval_cache, device, log: Callable[[str], None] = print) -> dict:
+    """Features of the encoders this run reused (result.reused) on eval_cache, format -> split ->
+    Features: loaded from the FeatureStore beside `store`, else extracted and saved there. An encoder
+    this run trained keeps none: most encoders of a sweep are probed once, and features can take
+    more disk than their encoder (the demo's SampleCNN: 0.7 MB, its features 9.9 MB); the second
+    probe of an encoder saves them, the third on loads them."""
+    features = FeatureStore(store.root.with_name("features"))
+    found = {}
+    for fmt in FORMATS[spec.format]:
+        unit = fmt if fmt in result.encoder_sha256 else "both"
+        if unit not in result.reused:
+            continue
+        key = features_key(spec, fmt, result.encoder_sha256[unit], eval_cache.path, device)
+        found[fmt] = features.load(key, log)
+        if found[fmt] is None:
+            found[fmt] = extract_splits(spec, fmt, encoders[fmt], eval_cache, device)
+            features.save(key, found[fmt])
+        else:
+            log(f"[{spec.name}] {fmt} features: reused from {features.path(key)}")
+            result.features_reused.append(fmt)
+    return found
+
+
 def run_experiment(spec: ExperimentSpec, *, store: EncoderStore | None = None,
                    pretrain_fn: PretrainFn | None = None, map_fn: Callable = map,
                    device: str | None = None, log: Callable[[str], None] = print) -> ExperimentResult:
@@ -238,7 +265,8 @@ def run_experiment(spec: ExperimentSpec, *, store: EncoderStore | None = None,
 
     t0 = time.perf_counter()
     encoders = {f: e.to(device) for f, e in encoders_from_states(spec, states).items()}
-    evaluation = evaluate(spec, encoders, eval_cache, device)
+    evaluation = evaluate(spec, encoders, eval_cache, device,
+                          reused_features(spec, encoders, store, result, eval_cache, device, log))
     result.metrics, result.predictions = evaluation.metrics, evaluation.predictions
     seconds["evaluate"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started

@@ -37,6 +37,20 @@ def cpu_pins() -> dict[str, str]:
     return {name: os.environ[name] for name in PIN_VARIABLES if name in os.environ}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what the platform says."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def use_threads(cpus: int) -> None:
     import torch
 

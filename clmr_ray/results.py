@@ -61,6 +61,7 @@ def run_record(spec: ExperimentSpec, result, *, run_id: str, table: str | None =
         "trained": json.dumps(result.trained),
         "reused": json.dumps(result.reused),
         "encoder_sha256": json.dumps(getattr(result, "encoder_sha256", {}), sort_keys=True),  # unit -> file hash
+        "features_reused": json.dumps(getattr(result, "features_reused", [])),  # formats probed on stored features
         "training_code_version": TRAINING_CODE_VERSION,
     }
     record.update({k: _scalar(v) for k, v in result.metrics.items()})
@@ -184,18 +185,8 @@ def _static_provenance() -> dict:
         except metadata.PackageNotFoundError:
             versions[f"{package}_version"] = None
     return {"clmr_ray_version": __version__, **versions, "python_version": platform.python_version(),
-            "hostname": platform.node(), "git_commit": _git_commit(), "cpu_model": _cpu_model(),
+            "hostname": platform.node(), "git_commit": _git_commit(), "cpu_model": machine.cpu_model(),
             "cpu_arch": platform.machine()}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _gpu_driver() -> str | None:

@@ -62,3 +62,25 @@ def test_encoders_of_an_older_training_code_are_not_reused(monkeypatch):
     current = encoder_key(spec, "audio")
     monkeypatch.setattr(experiment, "TRAINING_CODE_VERSION", experiment.TRAINING_CODE_VERSION + 1)
     assert encoder_key(spec, "audio") != current
+
+
+def test_a_reused_encoder_is_probed_on_stored_features_bit_for_bit(tmp_path, monkeypatch):
+    """The first run trains (no features kept), the second reuses the encoder (extracts, keeps its
+    features), the third loads them: the same metrics and predictions as the second, to the bit."""
+    monkeypatch.setenv("CLMR_RAY_DATA", str(tmp_path))
+    store = EncoderStore(tmp_path / "encoders")
+    spec = config.preset("tiny", {**FAST, "format": "audio"})
+    first = run_experiment(spec, store=store, log=lambda *_: None)
+    assert first.trained == ["audio"] and not (tmp_path / "features").exists()
+    second = run_experiment(spec, store=store, log=lambda *_: None)
+    assert second.reused == ["audio"] and second.features_reused == []
+    assert len(list((tmp_path / "features").glob("audio-*.pt"))) == 1
+    logged = []
+    third = run_experiment(spec, store=store, log=logged.append)
+    assert third.features_reused == ["audio"] and any("audio features: reused from" in line for line in logged)
+    assert third.metrics == second.metrics == first.metrics
+    for split in ("valid", "test"):
+        assert (third.predictions[split].scores == second.predictions[split].scores).all()
+
+    probe_only = config.with_overrides(spec, {"eval.head": "mlp"})  # another probe on the same features
+    assert run_experiment(probe_only, store=store, log=lambda *_: None).features_reused == ["audio"]
