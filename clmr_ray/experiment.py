@@ -219,7 +219,10 @@ def reused_features(spec: ExperimentSpec, encoders: dict, store: EncoderStore, r
         found[fmt] = features.load(key, log)
         if found[fmt] is None:
             found[fmt] = extract_splits(spec, fmt, encoders[fmt], eval_cache, device)
-            features.save(key, found[fmt])
+            try:
+                features.save(key, found[fmt])
+            except OSError as exc:  # a full or read-only disk costs the next probe time, never this run
+                log(f"[{spec.name}] {fmt} features not kept: {exc}")
         else:
             log(f"[{spec.name}] {fmt} features: reused from {features.path(key)}")
             result.features_reused.append(fmt)

@@ -84,3 +84,15 @@ def test_a_reused_encoder_is_probed_on_stored_features_bit_for_bit(tmp_path, mon
 
     probe_only = config.with_overrides(spec, {"eval.head": "mlp"})  # another probe on the same features
     assert run_experiment(probe_only, store=store, log=lambda *_: None).features_reused == ["audio"]
+
+
+def test_features_that_cannot_be_kept_cost_the_run_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLMR_RAY_DATA", str(tmp_path))
+    store = EncoderStore(tmp_path / "encoders")
+    spec = config.preset("tiny", {**FAST, "format": "audio"})
+    first = run_experiment(spec, store=store, log=lambda *_: None)
+    (tmp_path / "features").write_text("a file where the folder would go")
+    logged = []
+    again = run_experiment(spec, store=store, log=logged.append)
+    assert again.metrics == first.metrics and again.features_reused == []
+    assert any("audio features not kept" in line for line in logged)
