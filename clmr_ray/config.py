@@ -464,6 +464,13 @@ def spec_hash(spec, length: int = 12) -> str:
     return hashlib.sha256(json.dumps(_hashable(spec), sort_keys=True).encode()).hexdigest()[:length]
 
 
+def setup_of(spec: ExperimentSpec) -> dict:
+    """What a spec sets up, as a dict: all but its name, its seed, its scaling (where and how it
+    ran) and what the spec hash leaves out (dataset paths). The runs of one table cell share it."""
+    same = dataclasses.replace(spec, name="", seed=0, scaling=ScalingSpec())
+    return _hashable(same)
+
+
 def _hashable(obj):
     if dataclasses.is_dataclass(obj):
         return {

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import TRAINING_CODE_VERSION, __version__, machine, storage
-from .config import ExperimentSpec, spec_hash, to_dict
+from .config import ExperimentSpec, SpecError, from_dict, setup_of, spec_hash, to_dict
 
 RECORD_SUFFIX = ".parquet"
 
@@ -114,6 +114,58 @@ def read_records(runs_dir) -> pd.DataFrame:
     if not tables:
         return pd.DataFrame()
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+def record_setup(spec_json: str) -> str:
+    """The setup (config.setup_of) of a record's spec, as canonical JSON. A spec that no longer
+    parses (keys of another version) is taken as written, less its name, seed and scaling."""
+    data = json.loads(spec_json)
+    try:
+        return spec_setup(from_dict(ExperimentSpec, data))
+    except SpecError:
+        return json.dumps({key: value for key, value in data.items() if key not in ("name", "seed", "scaling")},
+                          sort_keys=True)
+
+
+def spec_setup(spec: ExperimentSpec) -> str:
+    return json.dumps(setup_of(spec), sort_keys=True)
+
+
+def mixed_setups(records: pd.DataFrame) -> list[str]:
+    """One line for each (table, row) whose records are runs of more than one setup (a cell's mean
+    and std are over seeds of one setup), naming the first keys that differ."""
+    if records.empty or not {"table", "row", "spec_json"} <= set(records):
+        return []
+    lines = []
+    for (table, row), runs in records.groupby(["table", "row"], sort=False):
+        setups = list(dict.fromkeys(runs["spec_json"].dropna().map(record_setup)))
+        if len(setups) > 1:
+            lines.append(f"{table} row '{row}' holds runs of {len(setups)} setups "
+                         f"({_differences(json.loads(setups[0]), json.loads(setups[1]))})")
+    return lines
+
+
+def setup_clashes(records: pd.DataFrame, planned: list[tuple[str, str, ExperimentSpec]]) -> list[str]:
+    """One line for each planned run's (table, row) that already holds records of another setup:
+    running it would pool two setups in one table cell."""
+    if records.empty or not {"table", "row", "spec_json"} <= set(records):
+        return []
+    lines = {}
+    for table, row, spec in planned:
+        held = records[(records["table"] == table) & (records["row"] == row)]["spec_json"].dropna()
+        setup = spec_setup(spec)
+        other = next((s for s in dict.fromkeys(held.map(record_setup)) if s != setup), None)
+        if other is not None and (table, row) not in lines:
+            lines[(table, row)] = (f"{table} row '{row}' already holds runs of another setup "
+                                   f"({_differences(json.loads(other), json.loads(setup))})")
+    return list(lines.values())
+
+
+def _differences(a: dict, b: dict, shown: int = 3) -> str:
+    flat_a, flat_b = flatten(a), flatten(b)
+    keys = [k for k in dict.fromkeys([*flat_a, *flat_b]) if flat_a.get(k) != flat_b.get(k)]
+    text = ", ".join(f"{k}: {flat_a.get(k)} vs {flat_b.get(k)}" for k in keys[:shown])
+    return text + (f", and {len(keys) - shown} more keys" if len(keys) > shown else "")
 
 
 def encode_array(array: np.ndarray) -> bytes:

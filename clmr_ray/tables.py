@@ -137,10 +137,24 @@ def plot_table(table: pd.DataFrame, path: Path, title: str) -> Path:
 def write_tables(records: pd.DataFrame, out_dir, tables: dict[str, str] | None = None,
                  metrics: list[str] | None = None) -> dict[str, dict[str, Path]]:
     """Write <table>.parquet/.csv/.md/.png for each table (default: every table present in the
-    records, table1 and table2 first); `tables` maps table name -> title. Returns the paths."""
+    records, table1 and table2 first); `tables` maps table name -> title. Returns the paths.
+    DatasetError when no record names a table, or when a row's records are runs of several setups
+    (results.mixed_setups): a cell's mean over them would not be over seeds."""
+    from .data.base import DatasetError
+    from .results import mixed_setups
+
+    present = [str(t) for t in records["table"].dropna().unique()] if "table" in records else []
+    if not records.empty and not present:
+        raise DatasetError(f"none of the {len(records)} records is from an ablation (no table named in them: sweep "
+                           "trials?); build tables from `clmr-ray ablate` records, or analyze a sweep with "
+                           "`clmr-ray analyze <sweep folder>`")
+    mixed = mixed_setups(records)
+    if mixed:
+        more = f"; {len(mixed) - 1} more rows too" if len(mixed) > 1 else ""
+        raise DatasetError(f"{mixed[0]}{more}: a cell averages the seeds of one setup, so keep each setup's records "
+                           "in their own --results folder (or delete the others' from runs/)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    present = [str(t) for t in records["table"].dropna().unique()] if "table" in records else []
     if tables is not None:
         names = dict(tables)
     else:  # both of the paper's tables when a record is from one of them (or none names a table), then the rest

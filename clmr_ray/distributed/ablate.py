@@ -16,8 +16,9 @@ from ray import tune
 from .. import storage
 from ..ablation_files import Ablation, Run, expand
 from ..config import merge
+from ..data.base import DatasetError
 from ..experiment import prepare_before_runs
-from ..results import existing_run_ids, read_records
+from ..results import existing_run_ids, read_records, setup_clashes
 from .pack import pack_trials, packed_overrides, share_text
 from .tasks import ensure_ray, ray_imap
 from .tune import concurrency_limit, run_trial, shared_encoders_for, trial_config, trial_resources
@@ -74,6 +75,11 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
     runs = expand(ablation, preset, roots=roots, seeds=seeds, extra=extra)
     done = existing_run_ids(runs_dir)
     todo = [r for r in runs if r.run_id not in done]
+    clashes = setup_clashes(read_records(runs_dir), [(r.table, r.row, r.spec) for r in todo]) if todo and done else []
+    if clashes:
+        more = f"; {len(clashes) - 1} more rows too" if len(clashes) > 1 else ""
+        raise DatasetError(f"{runs_dir}: {clashes[0]}{more}; a table cell averages the seeds of one setup: "
+                           "give these runs their own --results folder (or delete the old records)")
     outcome = AblationOutcome(runs, skipped=[r.run_id for r in runs if r.run_id in done], runs_dir=runs_dir)
     if not todo:
         log(f"[{ablation.name}] all {len(runs)} runs already have records in {runs_dir}; nothing to train")

@@ -133,3 +133,25 @@ def test_bad_ablation_file_fails_before_ray(tmp_path):
     assert result.stderr.strip().startswith("clmr-ray: error: ")
     assert "unknown key 'audio.augment.pitchshift'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not Path(tmp_path / "results").exists()
+
+
+def test_an_ablation_into_a_folder_of_another_setup_fails_before_ray(tmp_path, one_row_ablation):
+    """Records of the same row at another setup (here another temperature) would be pooled with the new runs in
+    one table cell: the ablation refuses before Ray starts, naming the row and the key."""
+    from clmr_ray.ablation_files import expand, load_ablation
+    from clmr_ray.experiment import ExperimentResult
+    from clmr_ray.results import run_record, write_record
+
+    path = tmp_path / "one.yaml"
+    path.write_text(one_row_ablation("one"))
+    old = expand(load_ablation(path), "tiny", extra={"pretrain.temperature": 0.3})[0]
+    write_record(run_record(old.spec, ExperimentResult(metrics={"test_acc": 0.5}, encoder_keys={}), run_id=old.run_id,
+                            table=old.table, row=old.row), tmp_path / "results" / "runs")
+    result = subprocess.run([sys.executable, "-m", "clmr_ray.cli", "ablate", str(path), "--preset", "tiny",
+                             "--results", str(tmp_path / "results")], capture_output=True, text=True, check=False,
+                            env={**os.environ, "CLMR_RAY_DATA": str(tmp_path / "data")})
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("clmr-ray: error: ") and len(line.splitlines()) == 1
+    assert "one row 'audio' already holds runs of another setup (pretrain.temperature: 0.3 vs" in line
+    assert not (tmp_path / "results" / "tune").exists() and not (tmp_path / "data").exists()

@@ -59,3 +59,44 @@ def test_committed_reference_files_match_the_code():
     results = Path(__file__).resolve().parents[2] / "results"
     pd.testing.assert_frame_equal(pd.read_parquet(results / "paper_reference.parquet"), paper_reference())
     pd.testing.assert_frame_equal(pd.read_csv(results / "paper_reference.csv"), paper_reference())
+
+
+def _spec_records(temperatures: list[float]) -> pd.DataFrame:
+    """table1/audio_all records with real specs: one seed per temperature, each on its own machine and path."""
+    import json
+
+    from clmr_ray import config
+
+    rows = []
+    for seed, temperature in enumerate(temperatures):
+        spec = config.preset("tiny", {"seed": seed, "pretrain.temperature": temperature, "data.root": f"/node{seed}",
+                                      "scaling.cpus_per_worker": seed + 1, "name": f"n{seed}"})
+        rows.append({"run_id": f"table1-audio_all-s{seed}", "table": "table1", "row": "audio_all", "label": "all",
+                     "seed": seed, "test_acc": 0.3, "valid_map": 0.2, "test_map": 0.1,
+                     "spec_json": json.dumps(config.to_dict(spec), sort_keys=True)})
+    return pd.DataFrame(rows)
+
+
+def test_a_cell_pools_seeds_of_one_setup_and_refuses_two(tmp_path):
+    import pytest
+
+    from clmr_ray.data.base import DatasetError
+
+    seeds_only = write_tables(_spec_records([0.1, 0.1, 0.1]), tmp_path)  # seed, name, scaling, paths may differ
+    assert pd.read_parquet(seeds_only["table1"]["parquet"]).set_index("row").loc["audio_all", "n"] == 3
+    with pytest.raises(DatasetError) as refused:
+        write_tables(_spec_records([0.1, 0.1, 0.5]), tmp_path / "mixed")
+    message = str(refused.value)
+    assert "table1 row 'audio_all' holds runs of 2 setups" in message and "pretrain.temperature: 0.1 vs 0.5" in message
+    assert "\n" not in message and not (tmp_path / "mixed").exists()
+
+
+def test_records_of_no_table_are_refused_not_written_as_empty_tables(tmp_path):
+    import pytest
+
+    from clmr_ray.data.base import DatasetError
+
+    sweep = _records().assign(table=None)
+    with pytest.raises(DatasetError, match=r"none of the 6 records is from an ablation .*clmr-ray analyze"):
+        write_tables(sweep, tmp_path)
+    assert not any(tmp_path.iterdir())
