@@ -101,6 +101,8 @@ def load_ablation(path: str | Path) -> Ablation:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds):
         fail(f"'seeds' must be a non-empty list of integers, got {seeds!r}")
+    if min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        fail(f"'seeds' must be distinct integers >= 0 (one run each), got {seeds!r}")
     base = data.get("base") or {}
     if not isinstance(base, dict):
         fail("'base' must be a mapping of spec overrides")

@@ -20,6 +20,7 @@ import yaml
 from clmr_ray import config, storage
 from clmr_ray.config import SpecError
 from clmr_ray.data.base import DatasetError
+from clmr_ray.machine import device_arg
 
 ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
 
@@ -52,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         leave_ray_package(sys.argv[1:])
     quiet_ray_defaults()
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    args = parser.parse_args(argv)  # no command, or a bad argument: a usage line and exit 2
     if getattr(args, "portable_cpu", False):
         from clmr_ray import machine
 
@@ -77,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     p = sub.add_parser("prepare", help="decode + resample a dataset once into a crop cache",
                        description="Scan a dataset, decode every file once (soundfile), mix to mono, "
@@ -87,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="dataset folder, or a URI (s3://..., file://...) copied once into "
                    "$CLMR_RAY_DATA/mirrors (required for gtzan, mtat, folder)")
     _add_spec_args(p)
-    p.add_argument("--sample-rate", type=int, help="target rate in Hz (default: the spec's data.sample_rate)")
+    p.add_argument("--sample-rate", type=positive_int, metavar="HZ",
+                   help="target rate in Hz (default: the spec's data.sample_rate)")
     p.add_argument("--cache-dir", help="where caches go (default: $CLMR_RAY_DATA/cache)")
     p.add_argument("--serial", action="store_true", help="decode in this process instead of Ray tasks")
     p.set_defaults(func=cmd_prepare)
@@ -115,11 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="Tables 1 and 2 end to end: ablate both, then build the tables",
                        description="Prepare the data, run ablations/table1.yaml and table2.yaml at --preset, "
                        "write the tables and print them beside the paper's numbers.")
-    _add_ablation_args(p, default_results="results/demo")
+    _add_ablation_args(p, default_results="results/PRESET")
     _add_findings_arg(p)
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("demo", help="the main job: reproduce --preset demo (synthetic data, local Ray, CPU)")
+    p = sub.add_parser("demo", help="the main job: reproduce --preset demo (synthetic data, local Ray, CPU)",
+                       description="Reproduce the paper's Tables 1 (augmentations) and 2 (input formats) at "
+                       "preset demo: `clmr-ray reproduce --preset demo`, 27 runs (3 seeds a row) as Ray Tune "
+                       "trials on a local Ray (CPU, offline), the synthetic genre corpus generated first. About "
+                       "6 minutes on a 2-core CPU (README, The demo). Prints the tables and findings beside the "
+                       "paper's numbers and writes them to RESULTS (table{1,2}.*, findings.*: .md, .csv, "
+                       ".parquet, .png), the run records to RESULTS/runs/*.parquet; a second run reuses them "
+                       "and trains nothing.")
     p.add_argument("--results", default="results/demo", help="results folder (default: results/demo)")
     _add_machine_args(p)
     p.set_defaults(func=cmd_demo)
@@ -129,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "Pretrained encoders are stored by content hash under $CLMR_RAY_DATA/encoders and "
                        "reused by any later experiment that needs the same encoder.")
     _add_spec_args(p)
-    p.add_argument("--device", help="cpu | cuda (default: cuda when scaling.use_gpu and available)")
+    p.add_argument("--device", type=device_arg,
+                   help="cpu | cuda | cuda:N (default: cuda when scaling.use_gpu and available)")
     p.add_argument("--serial", action="store_true", help="prepare data in this process instead of Ray tasks")
     p.add_argument("--results", help="also write the run's Parquet record to RESULTS/runs/ (a folder or URI)")
     _add_machine_args(p)
@@ -150,10 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (finished trials are kept)")
     p.add_argument("--storage", default="results/sweeps",
                    help="folder or URI (file://..., s3://bucket/prefix) of sweeps (default: results/sweeps)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored with RAY_ADDRESS)")
+    p.add_argument("--num-cpus", type=positive_int,
+                   help="CPUs of the local Ray (default: all; ignored with RAY_ADDRESS)")
     p.add_argument("--preset", help="tiny | demo | paper (default: the file's preset)")
-    p.add_argument("--num-samples", type=int, help="trials to run (default: the file's budget)")
-    p.add_argument("--max-concurrent", type=int, help="trials at a time (default: the file's budget)")
+    p.add_argument("--num-samples", type=positive_int, help="trials to run (default: the file's budget)")
+    p.add_argument("--max-concurrent", type=positive_int, help="trials at a time (default: the file's budget)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field of the sweep's base spec, e.g. --set pretrain.epochs=5 (repeatable)")
     _add_packing_args(p)
@@ -175,11 +183,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder or URI for the files (default: the sweep folder)")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("bench", help="benchmarks that print figures (augment, step, epoch, scaling)")
-    p.add_argument("what", choices=["augment", "step", "epoch", "scaling"])
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the benchmark (see its --help)")
+    p = sub.add_parser("bench", help="benchmarks that print figures (augment, step, epoch, scaling)",
+                       description="Benchmarks that print figures; the arguments after the benchmark's name are "
+                       "its own (see clmr-ray bench BENCHMARK --help).")
+    benches = p.add_subparsers(title="benchmarks", dest="what", metavar="{" + ",".join(BENCHES) + "}",
+                               required=True)
+    # Each benchmark parses its own arguments, --help included: its parser here has no options (prefix "+",
+    # so an argument starting with "-" is none of its own) and hands everything after its name on.
+    for name, text in BENCHES.items():
+        bench = benches.add_parser(name, help=text, add_help=False, prefix_chars="+")
+        bench.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
     return parser
+
+
+BENCHES = {
+    "augment": "augmentation throughput: batched vs one crop at a time",
+    "step": "training-step throughput of both encoders, and the split of one step",
+    "epoch": "a whole pretraining epoch against bench step: does the data path keep the step busy?",
+    "scaling": "Ray Train workers, Tune sweep overhead, trials packed on one GPU",
+}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts: CPUs, trials at a time, a rate in Hz)."""
+    return _int_at_least(text, 1)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        return _int_at_least(text, 0)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"seed {text}: expected an integer >= 0") from None
+
+
+class _DistinctSeeds(argparse.Action):
+    """--seeds: each seed once (a repeated seed would be the same run, counted twice)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen: set[int] = set()
+        for seed in values:
+            if seed in seen:
+                raise argparse.ArgumentError(self, f"seed {seed} is given more than once")
+            seen.add(seed)
+        setattr(namespace, self.dest, values)
 
 
 def _add_ablation_args(p: argparse.ArgumentParser, default_results: str = "results") -> None:
@@ -187,13 +244,15 @@ def _add_ablation_args(p: argparse.ArgumentParser, default_results: str = "resul
     p.add_argument("--results", default=os.environ.get("CLMR_RAY_STORAGE") or default_results,
                    help="results folder or filesystem URI (file://..., s3://bucket/prefix): runs/, tables, Tune "
                    f"state (default: $CLMR_RAY_STORAGE, else {default_results})")
-    p.add_argument("--seeds", type=int, nargs="+",
-                   help="seeds to run (default: 0 1 2 at preset demo, else the file's)")
+    p.add_argument("--seeds", type=_seed, nargs="+", action=_DistinctSeeds, metavar="SEED",
+                   help="seeds to run, each an integer >= 0 given once (default: 0 1 2 at preset demo, else the "
+                   "file's)")
     p.add_argument("--gtzan-root", help="GTZAN folder or URI (s3://...: each node mirrors it) for the real-data "
                    "presets (or $GTZAN_ROOT)")
     p.add_argument("--mtat-root", help="MagnaTagATune folder or URI for the real-data presets (or $MTAT_ROOT)")
-    p.add_argument("--max-concurrent", type=int, help="runs at a time (default: as many as fit)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all; ignored with RAY_ADDRESS)")
+    p.add_argument("--max-concurrent", type=positive_int, help="runs at a time (default: as many as fit)")
+    p.add_argument("--num-cpus", type=positive_int,
+                   help="CPUs of the local Ray (default: all; ignored with RAY_ADDRESS)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one spec field in every row, e.g. --set pretrain.epochs=5 (repeatable)")
     _add_packing_args(p)
@@ -252,7 +311,7 @@ def parse_sets(items: list[str]) -> dict:
 def resolve_spec(args: argparse.Namespace, extra: dict | None = None) -> config.ExperimentSpec:
     overrides: dict = {}
     if args.config:
-        overrides = config.merge(overrides, config.load_yaml(args.config))
+        overrides = config.merge(overrides, config.load_overrides(args.config))
     overrides = config.merge(overrides, parse_sets(args.set))
     overrides = config.merge(overrides, extra or {})
     return config.preset(args.preset, overrides)
@@ -267,7 +326,7 @@ def cmd_prepare(args) -> int:
     extra: dict = {"data.dataset": args.dataset}
     if args.root:
         extra["data.root"] = storage.expand(args.root)
-    if args.sample_rate:
+    if args.sample_rate is not None:
         extra["data.sample_rate"] = args.sample_rate
     spec = resolve_spec(args, extra)
     prepare_data(spec.data, spec.pretrain.crop_samples, cache_root=args.cache_dir, serial=args.serial)
@@ -402,6 +461,8 @@ def cmd_reproduce(args) -> int:
         load_ablation(path)  # both files valid before anything runs
     if args.findings:
         load_claims(args.findings)
+    if args.results == "results/PRESET":  # each preset's tables in a folder of their own
+        args.results = f"results/{args.preset}"
     started = time.perf_counter()
     failed = []
     for path in files:

@@ -318,17 +318,48 @@ def validate(spec: ExperimentSpec) -> None:
     if min(shifts) < -12 or max(shifts) > 12:
         raise SpecError(f"audio.augment.pitch.semitones: an octave either way at most (-12 to 12), got {list(shifts)}")
     positive = {
-        "data.sample_rate": spec.data.sample_rate,
         "pretrain.crop_samples": spec.pretrain.crop_samples,
         "pretrain.batch_size": spec.pretrain.batch_size,
         "pretrain.temperature": spec.pretrain.temperature,
         "pretrain.lr": spec.pretrain.lr,
         "eval.batch_size": spec.eval.batch_size,
+        "eval.lr": spec.eval.lr,
         "scaling.num_workers": spec.scaling.num_workers,
     }
+    at_least = {  # key: (value, smallest valid value); None (no early stopping) passes
+        "seed": (spec.seed, 0),
+        "pretrain.epochs": (spec.pretrain.epochs, 1),
+        "pretrain.warmup_epochs": (spec.pretrain.warmup_epochs, 0),
+        "pretrain.val_every": (spec.pretrain.val_every, 0),  # 0: no validation loss
+        "pretrain.early_stop_patience": (spec.pretrain.early_stop_patience, 1),
+        "pretrain.crops_per_track": (spec.pretrain.crops_per_track, 1),
+        "pretrain.projection_dim": (spec.pretrain.projection_dim, 1),
+        "pretrain.projection_hidden": (spec.pretrain.projection_hidden, 1),
+        "pretrain.weight_decay": (spec.pretrain.weight_decay, 0),
+        "eval.epochs": (spec.eval.epochs, 1),
+        "eval.early_stop_patience": (spec.eval.early_stop_patience, 1),
+        "eval.mlp_hidden": (spec.eval.mlp_hidden, 1),
+        "eval.weight_decay": (spec.eval.weight_decay, 0),
+        "audio.encoder.out_dim": (spec.audio.encoder.out_dim, 1),
+        "spectrogram.encoder.out_dim": (spec.spectrogram.encoder.out_dim, 1),
+        "spectrogram.mel.n_fft": (spec.spectrogram.mel.n_fft, 1),
+        "spectrogram.mel.hop_length": (spec.spectrogram.mel.hop_length, 1),
+        "spectrogram.mel.n_mels": (spec.spectrogram.mel.n_mels, 1),
+        "scaling.cpus_per_worker": (spec.scaling.cpus_per_worker, 1),
+    }
+    for name in ("data", "pretrain_data"):
+        data = getattr(spec, name)
+        if data is not None:
+            positive |= {f"{name}.sample_rate": data.sample_rate, f"{name}.synthetic.seconds": data.synthetic.seconds}
+            at_least |= {f"{name}.split_seed": (data.split_seed, 0),
+                         f"{name}.synthetic.seed": (data.synthetic.seed, 0),
+                         f"{name}.synthetic.tracks_per_label": (data.synthetic.tracks_per_label, 1)}
     for key, value in positive.items():
         if value <= 0:
             raise SpecError(f"{key}: must be > 0, got {value}")
+    for key, (value, low) in at_least.items():
+        if value is not None and value < low:
+            raise SpecError(f"{key}: must be >= {low}, got {value}")
     if spec.pretrain.batch_size < 2:
         raise SpecError("pretrain.batch_size: NT-Xent needs at least 2 examples per batch")
     share = spec.scaling.gpus_per_trial
@@ -353,6 +384,17 @@ def _iter_augs(spec: ExperimentSpec):
 
 def from_dict(cls: type, data: Any, path: str = ""):
     """Build dataclass `cls` from nested dicts, naming the first bad key in the error."""
+    kwargs = _arguments(cls, data, path)
+    try:
+        return cls(**kwargs)
+    except SpecError as exc:
+        if path:
+            raise SpecError(f"{path}.{exc}") from None
+        raise
+
+
+def _arguments(cls: type, data: Any, path: str = "") -> dict:
+    """The keyword arguments of `cls` that `data` gives, converted to the field types."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -367,12 +409,7 @@ def from_dict(cls: type, data: Any, path: str = ""):
             hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
             raise SpecError(f"unknown key '{where}'{hint}")
         kwargs[key] = _convert(hints[key], value, where)
-    try:
-        return cls(**kwargs)
-    except SpecError as exc:
-        if path:
-            raise SpecError(f"{path}.{exc}") from None
-        raise
+    return kwargs
 
 
 def _convert(tp, value, where: str):
@@ -447,7 +484,12 @@ def load_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise SpecError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    return data or {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = {list: "a list", str: "a string"}.get(type(data), type(data).__name__)
+        raise SpecError(f"{path}: expected a mapping of keys at the top level, got {kind}")
+    return data
 
 
 def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec:
@@ -456,6 +498,17 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> ExperimentSpec
         return from_dict(ExperimentSpec, data)
     except SpecError as exc:
         raise SpecError(f"{path}: {exc}") from None
+
+
+def load_overrides(path: str | Path) -> dict:
+    """A spec file's overrides, their keys and types checked (the values are checked once merged with a
+    preset and --set overrides, which may change them)."""
+    data = merge({}, load_yaml(path))
+    try:
+        _arguments(ExperimentSpec, data)
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+    return data
 
 
 def spec_hash(spec, length: int = 12) -> str:

@@ -18,6 +18,7 @@ workspace (scaling.deterministic); bench step reports what it costs.
 
 from __future__ import annotations
 
+import argparse
 import os
 
 PORTABLE_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
@@ -74,3 +75,32 @@ def prepare(spec, device) -> None:
     if torch.device(device).type == "cpu":
         use_threads(spec.scaling.cpus_per_worker)
     use_deterministic(spec.scaling.deterministic)
+
+
+def device_problem(device: str) -> str | None:
+    """Why torch cannot run on `device` here, in a few words (an unknown name, no CUDA device, an index past
+    the last card); None when it can. The commands that take --device check it before anything starts."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return "not a device (expected cpu, cuda or cuda:N)"
+    if dev.type not in ("cpu", "cuda"):
+        return "not a device this project runs on (expected cpu, cuda or cuda:N)"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA device is available on this machine"
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            last = f" to cuda:{count - 1}" if count > 1 else ""
+            return f"this machine has {count} CUDA device{'s' if count > 1 else ''}: cuda:0{last}"
+    return None
+
+
+def device_arg(text: str) -> str:
+    """argparse type of --device: the name as given, or a one-line error naming it (see device_problem)."""
+    problem = device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text

@@ -10,6 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def metric_names(prefix: str, multilabel: bool) -> tuple[str, ...]:
+    """The metrics evaluate.score_probabilities reports for a split (prefix "valid" or "test"), track-level
+    then crop-level ("_crop"): accuracy (single-label) or PR-AUC (multi-label, = mAP), mAP, ROC-AUC."""
+    names = ("map", "roc_auc", "pr_auc") if multilabel else ("acc", "map", "roc_auc")
+    return tuple(f"{prefix}{level}_{name}" for level in ("", "_crop") for name in names)
+
+
 def as_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()

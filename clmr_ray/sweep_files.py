@@ -230,6 +230,8 @@ def sweep_from_dict(data: dict, where: str = "sweep", *, path: Path | None = Non
     if not isinstance(metric, str) or not metric.startswith("valid_"):
         fail(f"metric: tune on a validation metric such as valid_map or valid_acc, got {metric!r} "
              "(test metrics are reported, never selected on)")
+    if metric not in validation_metrics():
+        fail(f"metric: {_unknown_value(metric, validation_metrics())}")
     mode = data.get("mode", "max")
     if mode not in ("min", "max"):
         fail(f"mode: must be min or max, got {mode!r}")
@@ -251,6 +253,13 @@ def sweep_from_dict(data: dict, where: str = "sweep", *, path: Path | None = Non
                   scheduler=_scheduler(data.get("scheduler"), fail), path=path, **counts)
     sweep.points_to_evaluate = _points(data.get("points_to_evaluate"), sweep, fail)
     return sweep
+
+
+def validation_metrics() -> tuple[str, ...]:
+    """The valid_ metrics a run records, single- or multi-label (metrics.metric_names)."""
+    from .metrics import metric_names
+
+    return tuple(sorted({*metric_names("valid", False), *metric_names("valid", True)}))
 
 
 def _param(key: str, raw, declared: dict[str, Param], all_keys: list[str], fail) -> Param:

@@ -18,6 +18,7 @@ from clmr_ray.augment import audio as A
 from clmr_ray.bench.timing import call_times, graph_replay_ms
 from clmr_ray.config import SPECTROGRAM_AUGS, WAVEFORM_AUGS, AugmentSpec
 from clmr_ray.config import preset as load_preset
+from clmr_ray.machine import device_arg
 from clmr_ray.speedups import Speedups
 
 
@@ -188,13 +189,18 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="clmr-ray bench augment", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per seed; the best counts (default 3)")
-    parser.add_argument("--seeds", type=int, default=8,
-                        help="generator seeds, each fixing which crops get which augmentation; their mean counts (default 8)")
+    parser = argparse.ArgumentParser(prog="clmr-ray bench augment",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))  # the first paragraph
+    parser.add_argument("--preset", default="paper", choices=["paper", "demo", "tiny"],
+                        help="the preset whose crops and augmentations are timed (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=32, help="crops per call, at least 2 (default: %(default)s)")
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda when this machine has a CUDA device, else cpu: "
+                        "%(default)s here)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed calls per seed; the best counts (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=8, help="generator seeds, each fixing which crops get which "
+                        "augmentation; their mean counts (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-ops", action="store_true", help="skip the per-augmentation breakdown")
     args = parser.parse_args(argv)

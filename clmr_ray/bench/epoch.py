@@ -22,6 +22,7 @@ import torch
 
 from clmr_ray.bench.step import check_device_and_preset, format_table, measure, parse_formats, print_rows
 from clmr_ray.config import preset as load_preset
+from clmr_ray.machine import device_arg
 from clmr_ray.pretrain import TrainContext, pretrain
 
 INT16_SCALE = 1 / 32768
@@ -75,7 +76,9 @@ def measure_epoch(preset: str = "tiny", fmt: str = "audio", device: str = "cpu",
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clmr-ray bench epoch", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help="tiny, demo or paper (default: tiny)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda when this machine has a CUDA device, else cpu: "
+                        "%(default)s here)")
     parser.add_argument("--formats", default="audio,spectrogram", help="comma-separated: audio,spectrogram")
     parser.add_argument("--epochs", type=int, default=6,
                         help="epochs to run; the median of all but the first is reported (default: 6)")

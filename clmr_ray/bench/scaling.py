@@ -33,6 +33,7 @@ import torch
 
 from clmr_ray.config import SpecError, with_overrides
 from clmr_ray.config import preset as load_preset
+from clmr_ray.machine import device_arg
 
 # ------------------------------------------------------------- Ray Train scaling
 
@@ -238,8 +239,8 @@ def sweep_overhead(preset: str = "tiny", trials: int = 4, concurrent: int = 1, e
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clmr_ray.bench.scaling", description=__doc__.split("\n")[0])
-    parts = parser.add_subparsers(dest="part", required=True)
+    parser = argparse.ArgumentParser(prog="clmr-ray bench scaling", description=__doc__.split("\n")[0])
+    parts = parser.add_subparsers(dest="part", required=True, metavar="{train,sweep,pack}")
     train = parts.add_parser("train", help="pretraining crops/s with N Ray Train workers")
     train.add_argument("--preset", default="tiny")
     train.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts; 0 = no Ray")
@@ -253,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                             "trials/hour (no Ray)")
     pack.add_argument("--preset", default="paper")
     pack.add_argument("--trials", type=int, nargs="+", default=[1, 2, 4, 8], help="trials per GPU to try")
-    pack.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    pack.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                      help="cpu, cuda or cuda:N (default: cuda when this machine has a CUDA device, else cpu: "
+                      "%(default)s here)")
     pack.add_argument("--format", default="audio", choices=["audio", "spectrogram"])
     pack.add_argument("--seconds", type=float, default=20.0, help="timed seconds per packing, after the warm-up")
     pack.add_argument("--warmup", type=int, default=3, help="untimed steps per trial first")
@@ -263,8 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.part == "pack":
         if any(n < 1 for n in args.trials) or args.seconds <= 0 or args.warmup < 0:
             parser.error("--trials must be >= 1, --seconds > 0 and --warmup >= 0")
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: CUDA is not available on this machine")
         try:
             rows = pack_sweep(args.preset, tuple(args.trials), args.device, args.format, args.seconds, args.warmup,
                               args.trial_crops)

@@ -32,7 +32,7 @@ from clmr_ray.config import ExperimentSpec, SpecError
 from clmr_ray.config import preset as load_preset
 from clmr_ray.data.sampling import CropBatch
 from clmr_ray.graphed_step import GraphedStep, capture, on_side_stream
-from clmr_ray.machine import use_deterministic
+from clmr_ray.machine import device_arg, device_problem, use_deterministic
 from clmr_ray.pretrain import ContrastiveModel, train_step
 from clmr_ray.speedups import Speedups
 
@@ -239,9 +239,11 @@ def run(preset: str = "tiny", device: str = "cpu", formats=("audio", "spectrogra
 
 
 def check_device_and_preset(parser: argparse.ArgumentParser, device: str, preset: str) -> ExperimentSpec:
-    """The preset's spec, or a one-line parser error for an unknown preset or a missing CUDA device."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {device}: CUDA is not available on this machine")
+    """The preset's spec, or a one-line parser error for an unknown preset or a device torch cannot use here
+    (--device's type, device_arg, already refuses those while parsing; this covers a device from elsewhere)."""
+    problem = device_problem(device)
+    if problem:
+        parser.error(f"--device {device}: {problem}")
     try:
         return load_preset(preset)
     except SpecError as exc:
@@ -260,10 +262,13 @@ def parse_formats(parser: argparse.ArgumentParser, text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clmr-ray bench step", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help="tiny, demo or paper (default: tiny)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda when this machine has a CUDA device, else cpu: "
+                        "%(default)s here)")
     parser.add_argument("--batch", type=int, default=None, help="crops per step (default: the preset's)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (back to back; also the split's repeats)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5,
+                        help="timed steps (back to back; also the split's repeats) (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--formats", default="audio,spectrogram", help="comma-separated: audio,spectrogram")
     parser.add_argument("--no-amp", action="store_true", help="float32 on CUDA instead of bf16 autocast")
     parser.add_argument("--flops", action="store_true", help="count FLOPs on CPU too")

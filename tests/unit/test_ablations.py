@@ -61,6 +61,8 @@ def test_paper_scale_needs_dataset_folders(monkeypatch):
     ("rows:\n  - {id: a, overrides: {audio.augment.reverse: {enabled: true}}}\n", "unknown key 'audio.augment.reverse'"),
     ("rows:\n  - {id: a}\n  - {id: a}\n", "rows[1].id 'a' is used twice"),
     ("seeds: [0, x]\nrows:\n  - {id: a}\n", "'seeds' must be a non-empty list of integers"),
+    ("seeds: [0, 0]\nrows:\n  - {id: a}\n", "'seeds' must be distinct integers >= 0 (one run each), got [0, 0]"),
+    ("seeds: [-1]\nrows:\n  - {id: a}\n", "'seeds' must be distinct integers >= 0"),
     ("rowz: []\n", "unknown key 'rowz'"),
     ("rows:\n  - {id: a, overrides: {pretrain_data: mtat}}\n", "use the word 'transfer'"),
 ])

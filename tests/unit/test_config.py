@@ -46,6 +46,16 @@ def test_hash_ignores_dataset_path_but_not_hyperparameters():
         ({"pretrain": {"objective": "cross_format"}}, "set format: both"),
         ({"data": {"dataset": "gtzann"}}, "did you mean 'gtzan'"),
         ({"audio": {"augment": {"pitch": {"semitones": [-5, 14]}}}}, "audio.augment.pitch.semitones: an octave either"),
+        ({"pretrain": {"epochs": -3}}, "pretrain.epochs: must be >= 1, got -3"),
+        ({"eval": {"epochs": 0}}, "eval.epochs: must be >= 1, got 0"),
+        ({"eval": {"early_stop_patience": 0}}, "eval.early_stop_patience: must be >= 1, got 0"),
+        ({"pretrain": {"projection_dim": 0}}, "pretrain.projection_dim: must be >= 1, got 0"),
+        ({"pretrain": {"val_every": -1}}, "pretrain.val_every: must be >= 0, got -1"),
+        ({"seed": -1}, "seed: must be >= 0, got -1"),
+        ({"data": {"split_seed": -2}}, "data.split_seed: must be >= 0, got -2"),
+        ({"data": {"synthetic": {"seed": -1}}}, "data.synthetic.seed: must be >= 0, got -1"),
+        ({"data": {"synthetic": {"tracks_per_label": -5}}}, "data.synthetic.tracks_per_label: must be >= 1, got -5"),
+        ({"pretrain_data": {"synthetic": {"seconds": 0}}}, "pretrain_data.synthetic.seconds: must be > 0, got 0.0"),
     ],
 )
 def test_bad_specs_fail_with_one_line_naming_the_key(overrides, message):
@@ -66,6 +76,31 @@ def test_yaml_errors_name_the_file(tmp_path):
         config.load_spec(bad)
     with pytest.raises(SpecError, match="no such file"):
         config.load_spec(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("text, kind", [("- pretrain.lr: 0.1\n", "a list"), ("pretrain\n", "a string")])
+def test_a_config_file_must_hold_a_mapping(tmp_path, text, kind):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    for load in (config.load_spec, config.load_overrides):
+        with pytest.raises(SpecError) as info:
+            load(path)
+        assert str(info.value) == f"{path}: expected a mapping of keys at the top level, got {kind}"
+
+
+def test_config_file_overrides_name_the_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("pretrain.lr: 0.01\npretrain:\n  epochs: 3\n")
+    assert config.load_overrides(path) == {"pretrain": {"lr": 0.01, "epochs": 3}}
+    path.write_text("pretrain:\n  temprature: 0.1\n")
+    with pytest.raises(SpecError) as info:
+        config.load_overrides(path)
+    assert str(info.value) == f"{path}: unknown key 'pretrain.temprature' (did you mean 'temperature'?)"
+    path.write_text("eval.epochs: ten\n")
+    with pytest.raises(SpecError, match=r"exp.yaml: eval.epochs: expected an integer, got 'ten'$"):
+        config.load_overrides(path)
+    path.write_text("pretrain.objective: cross_format\n")  # valid once --set format=both joins it
+    assert config.preset("tiny", config.merge(config.load_overrides(path), {"format": "both"})).format == "both"
 
 
 def test_dotted_overrides_and_presets():

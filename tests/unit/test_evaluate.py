@@ -96,3 +96,12 @@ def test_labels_that_do_not_cover_the_tracks_are_rejected():
     train, y_train = _blobs(10, 2, 2, seed=0)
     with pytest.raises(ValueError, match="train_labels has 5 tracks"):
         train_probe(train, train, y_train[:5], y_train, EvalSpec(epochs=1), 2, False, seed=0)
+
+
+def test_metric_names_are_the_keys_a_split_is_scored_under():
+    from clmr_ray.evaluate import score_probabilities
+    from clmr_ray.metrics import metric_names
+
+    probs, tracks = torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), torch.tensor([0, 1, 1])
+    assert set(score_probabilities(probs, tracks, [0, 1], False, "valid")) == set(metric_names("valid", False))
+    assert set(score_probabilities(probs, tracks, [[1, 0], [0, 1]], True, "test")) == set(metric_names("test", True))

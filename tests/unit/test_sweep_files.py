@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from clmr_ray import config
-from clmr_ray.sweep_files import PARAM_PREFIX, SweepError, load_sweep
+from clmr_ray.sweep_files import PARAM_PREFIX, SweepError, load_sweep, validation_metrics
 
 SHIPPED = sorted((Path(__file__).parents[2] / "ablations" / "sweeps").glob("*.yaml"))
 
@@ -131,6 +131,7 @@ def test_conditions_must_name_earlier_parameters(tmp_path):
     ({"preset": "huge"}, ["preset", "huge"]),
     ({"base": {"pretrain.lrr": 1.0}}, ["base", "pretrain.lrr"]),
     ({"metric": "test_acc"}, ["metric", "test_acc"]),
+    ({"metric": "valid_mAP"}, ["metric: 'valid_mAP' is not one of", "(did you mean 'valid_map'?)"]),
     ({"mode": "maximise"}, ["mode"]),
     ({"budget": {"num_samples": 0}}, ["budget.num_samples"]),
     ({"budget": {"samples": 3}}, ["budget", "samples", "num_samples"]),
@@ -145,6 +146,13 @@ def test_bad_top_level_fields(tmp_path, change, words):
     message = error_of(tmp_path, {**GOOD, **change})
     for word in words:
         assert word in message
+
+
+def test_every_recorded_validation_metric_can_be_tuned(tmp_path):
+    metrics = validation_metrics()
+    assert {"valid_map", "valid_acc", "valid_crop_map", "valid_pr_auc"} <= set(metrics)
+    for metric in metrics:
+        assert load_sweep(write(tmp_path, {**GOOD, "metric": metric})).metric == metric
 
 
 def test_missing_and_invalid_yaml(tmp_path):
