@@ -18,6 +18,7 @@ A row may pretrain on the scale's transfer corpus with `pretrain_data: transfer`
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from . import config, storage
 from .config import ExperimentSpec, SpecError
+from .metrics import metric_names
 
 ROOT_ENV = {"gtzan": "GTZAN_ROOT", "mtat": "MTAT_ROOT"}
 
@@ -126,9 +128,14 @@ def load_ablation(path: str | Path) -> Ablation:
     name = data.get("name") or path.stem
     if not _ID.match(str(name)):
         fail(f"name '{name}' must be letters, digits, _ . -")
-    ablation = Ablation(name=str(name), title=str(data.get("title", name)), seeds=seeds,
-                        metrics=list(data.get("metrics", ["valid_map", "test_acc"])), base=base, rows=rows,
-                        path=path)
+    metrics = data.get("metrics", ["valid_map", "test_acc"])
+    recorded = {m for split in ("valid", "test") for labels in (False, True) for m in metric_names(split, labels)}
+    if not isinstance(metrics, list) or not all(isinstance(m, str) and m in recorded for m in metrics):
+        unknown = [m for m in metrics if m not in recorded] if isinstance(metrics, list) else [metrics]
+        close = difflib.get_close_matches(str(unknown[0]), sorted(recorded), n=1)
+        fail(f"metrics: {unknown[0]!r} is no metric a run records" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    ablation = Ablation(name=str(name), title=str(data.get("title", name)), seeds=seeds, metrics=list(metrics),
+                        base=base, rows=rows, path=path)
     for row in rows:  # every row must build, at every scale, before anything runs
         try:
             row_spec(ablation, row, "tiny", seed=seeds[0], roots={"gtzan": "/", "mtat": "/"})

@@ -64,6 +64,7 @@ def test_paper_scale_needs_dataset_folders(monkeypatch):
     ("seeds: [0, 0]\nrows:\n  - {id: a}\n", "'seeds' must be distinct integers >= 0 (one run each), got [0, 0]"),
     ("seeds: [-1]\nrows:\n  - {id: a}\n", "'seeds' must be distinct integers >= 0"),
     ("rowz: []\n", "unknown key 'rowz'"),
+    ("metrics: [valid_mAP]\nrows:\n  - {id: a}\n", "metrics: 'valid_mAP' is no metric a run records (did you mean 'valid_map'?)"),
     ("rows:\n  - {id: a, overrides: {pretrain_data: mtat}}\n", "use the word 'transfer'"),
 ])
 def test_bad_ablation_files_fail_with_one_line(tmp_path, text, message):
