@@ -98,6 +98,9 @@ class Param:
 PARAM_PREFIX = "params/"
 
 
+EPOCH_METRICS = ("pretrain_valid_loss", "pretrain_train_loss")  # what distributed.tune reports every epoch
+
+
 @dataclass(frozen=True)
 class Scheduler:
     type: str = "asha"
@@ -348,8 +351,9 @@ def _scheduler(raw, fail) -> Scheduler | None:
         fail("scheduler.reduction_factor: must be >= 2")
     if fields.get("mode", "min") not in ("min", "max"):
         fail(f"scheduler.mode: must be min or max, got {fields['mode']!r}")
-    if "metric" in fields and not isinstance(fields["metric"], str):
-        fail(f"scheduler.metric: expected a metric name, got {fields['metric']!r}")
+    if "metric" in fields and fields["metric"] not in EPOCH_METRICS:
+        fail(f"scheduler.metric: {_unknown_value(fields['metric'], EPOCH_METRICS)} (what a trial reports after "
+             "every pretraining epoch; its valid_ metrics come only at its end)")
     return Scheduler(type=kind, **fields)
 
 

@@ -137,6 +137,7 @@ def test_conditions_must_name_earlier_parameters(tmp_path):
     ({"budget": {"samples": 3}}, ["budget", "samples", "num_samples"]),
     ({"scheduler": {"type": "hyperband"}}, ["scheduler.type", "hyperband"]),
     ({"scheduler": {"type": "asha", "grace": 1}}, ["scheduler", "grace", "grace_period"]),
+    ({"scheduler": {"type": "asha", "metric": "valid_map"}}, ["scheduler.metric", "pretrain_valid_loss", "every"]),
     ({"points_to_evaluate": [{"pretrain.temperature": 0.3}]}, ["points_to_evaluate[0].pretrain.temperature"]),
     ({"points_to_evaluate": [{"pretrain.lr": 0.1}]}, ["points_to_evaluate[0]", "pretrain.lr"]),
     ({"points_to_evaluate": [{f"{MASKS}.enabled": False, f"{MASKS}.max_fraction": 0.1}]}, ["never used"]),
