@@ -374,13 +374,14 @@ def cmd_run(args) -> int:
           f"valid mAP {m['valid_map']:.3f} (trained: {', '.join(result.trained) or 'none'}; "
           f"reused: {', '.join(result.reused) or 'none'}; {result.seconds['total']:.1f} s)")
     if args.results:
-        from clmr_ray.config import spec_hash
+        from clmr_ray.config import setup_hash, spec_hash
         from clmr_ray.results import run_record, write_record
 
         runs = storage.join(storage.resolve(args.results), "runs")
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.name)
+        row = f"{spec.name}-{setup_hash(spec)}"  # one row per setup: its seeds pool, other --set values do not
         path = write_record(run_record(spec, result, run_id=f"run-{name}-{spec_hash(spec)}", table="run",
-                                      row=spec.name, extra={"status": "finished"}), runs)
+                                      row=row, extra={"status": "finished"}), runs)
         print(f"record: {path}")
     return 0
 

@@ -524,6 +524,11 @@ def setup_of(spec: ExperimentSpec) -> dict:
     return _hashable(same)
 
 
+def setup_hash(spec: ExperimentSpec, length: int = 8) -> str:
+    """Content hash of setup_of(spec): the same for every seed of one setup."""
+    return hashlib.sha256(json.dumps(setup_of(spec), sort_keys=True).encode()).hexdigest()[:length]
+
+
 def _hashable(obj):
     if dataclasses.is_dataclass(obj):
         return {

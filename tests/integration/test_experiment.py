@@ -96,3 +96,22 @@ def test_features_that_cannot_be_kept_cost_the_run_nothing(tmp_path, monkeypatch
     again = run_experiment(spec, store=store, log=logged.append)
     assert again.metrics == first.metrics and again.features_reused == []
     assert any("audio features not kept" in line for line in logged)
+
+
+def test_run_records_of_one_setup_share_a_row_and_other_setups_get_their_own(tmp_path, monkeypatch, capsys):
+    """`clmr-ray run --results` records: the seeds of one setup pool in one row of table "run"; a run with
+    another --set value lands in a row of its own, so `tables` averages seeds, never setups."""
+    import pandas as pd
+
+    from clmr_ray.results import read_records
+    from clmr_ray.tables import write_tables
+
+    monkeypatch.setenv("CLMR_RAY_DATA", str(tmp_path / "data"))
+    base = ["run", "--preset", "tiny", "--serial", "--set", "pretrain.epochs=1", "--set", "eval.epochs=3",
+            "--set", "format=spectrogram", "--results", str(tmp_path / "results")]
+    for extra in (["--set", "seed=0"], ["--set", "seed=1"], ["--set", "pretrain.temperature=0.3"]):
+        assert main([*base, *extra]) == 0
+    records = read_records(tmp_path / "results" / "runs")
+    assert sorted(records.groupby("row").size()) == [1, 2]
+    table = write_tables(records, tmp_path / "tables")["run"]["parquet"]
+    assert sorted(pd.read_parquet(table)["n"]) == [1, 2]
