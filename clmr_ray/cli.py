@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("clmr-ray: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+
+
+INTERRUPTED = 130  # the shell's exit status for a process stopped by Ctrl-C (128 + SIGINT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -398,6 +401,11 @@ def _ablate(path, args, log=print):
                            gpu_memory_gib=args.gpu_memory_gib, log=log)
     for failure in outcome.failed:
         print(f"clmr-ray: run failed: {failure}", file=sys.stderr)
+    if outcome.interrupted:
+        done = len(outcome.finished) + len(outcome.skipped)
+        print(f"clmr-ray: ablation '{ablation.name}' stopped with {done}/{len(outcome.runs)} runs recorded in "
+              f"{outcome.runs_dir}; run the same command again to run the rest (runs in progress start over)",
+              file=sys.stderr)
     return outcome
 
 
@@ -406,6 +414,8 @@ def cmd_ablate(args) -> int:
 
     load_ablation(args.file)  # a bad file fails here, before Ray starts
     outcome = _ablate(args.file, args)
+    if outcome.interrupted:
+        return INTERRUPTED
     print(f"{len(outcome.finished) + len(outcome.skipped)}/{len(outcome.runs)} runs have records in "
           f"{outcome.runs_dir}; build the tables with: clmr-ray tables {args.results}")
     return 1 if outcome.failed else 0
@@ -467,7 +477,10 @@ def cmd_reproduce(args) -> int:
     started = time.perf_counter()
     failed = []
     for path in files:
-        failed += _ablate(path, args).failed
+        outcome = _ablate(path, args)
+        if outcome.interrupted:  # no second table, no tables: the user asked to stop
+            return INTERRUPTED
+        failed += outcome.failed
     results = storage.resolve(args.results)
     shown = build_tables(read_records(storage.join(results, "runs")), results,
                          {"table1": "Table 1: augmentations", "table2": "Table 2: input formats"}, args.findings)
@@ -499,7 +512,7 @@ def cmd_sweep(args) -> int:
     if outcome.interrupted:
         print(f"clmr-ray: sweep '{sweep.name}' stopped with {outcome.records}/{sweep.num_samples} trials recorded; "
               f"continue it with: clmr-ray sweep {args.file} --resume --storage {args.storage}", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     return 1 if outcome.errors else 0
 
 

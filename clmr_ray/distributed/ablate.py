@@ -31,6 +31,7 @@ class AblationOutcome:
     finished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "run_id: first line of the error"
     runs_dir: Path | str | None = None  # a URI string when results go to a pyarrow filesystem
+    interrupted: bool = False  # stopped (Ctrl-C) with runs neither recorded nor failed
 
 
 class AblationProgress(tune.Callback):
@@ -127,13 +128,14 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
                                   callbacks=[AblationProgress(ablation.name, cells, len(runs), len(outcome.skipped),
                                                               share)]),
     )
-    grid = tuner.fit()
+    grid = tuner.fit()  # Tune catches Ctrl-C, stops its trials and returns what it has
     recorded = existing_run_ids(runs_dir)
     outcome.finished = [c["run_id"] for c in cells if c["run_id"] in recorded]
     for result in grid:
         if result.error is not None:
             run_id = cells[result.config["index"]]["run_id"]
             outcome.failed.append(f"{run_id}: {str(result.error).strip().splitlines()[-1]}")
+    outcome.interrupted = len(outcome.finished) + len(outcome.failed) < len(cells)
     return outcome
 
 

@@ -155,3 +155,26 @@ def test_an_ablation_into_a_folder_of_another_setup_fails_before_ray(tmp_path, o
     assert line.startswith("clmr-ray: error: ") and len(line.splitlines()) == 1
     assert "one row 'audio' already holds runs of another setup (pretrain.temperature: 0.3 vs" in line
     assert not (tmp_path / "results" / "tune").exists() and not (tmp_path / "data").exists()
+
+
+def test_ctrl_c_stops_reproduce_with_130_and_a_rerun_hint(tmp_path):
+    """Ctrl-C during Table 1: Tune stops its trials and returns; the command must stop there too (no Table 2, no
+    tables), exit 130 and say how to go on, instead of carrying on as if Table 1 had finished."""
+    results = tmp_path / "results"
+    driver = subprocess.Popen([sys.executable, "-m", "clmr_ray.cli", "reproduce", "--preset", "tiny", "--seeds", "0",
+                               "--results", str(results), "--num-cpus", "2", "--set", "pretrain.epochs=500"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "CLMR_RAY_DATA": str(tmp_path / "data")})
+    deadline, seen = time.time() + 180, []
+    while not any("epoch 2/500" in line for line in seen):
+        line = driver.stdout.readline()
+        if not line or time.time() > deadline:
+            driver.kill()
+            pytest.fail("no pretraining epoch before the deadline:\n" + "".join(seen[-40:]))
+        seen.append(line)
+    driver.send_signal(signal.SIGINT)  # Ctrl-C
+    output = "".join(seen) + driver.communicate(timeout=120)[0]
+    assert driver.returncode == 130, output[-3000:]
+    assert "clmr-ray: ablation 'table1' stopped with 0/5 runs recorded" in output
+    assert "run the same command again" in output
+    assert "[table2]" not in output and not (results / "table1.md").exists()
