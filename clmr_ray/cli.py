@@ -371,6 +371,10 @@ def cmd_run(args) -> int:
         from clmr_ray.distributed.tasks import ray_imap
 
         map_fn = ray_imap
+    if args.results:
+        from clmr_ray.results import check_writable
+
+        check_writable(storage.join(storage.resolve(args.results), "runs"))  # before the training, not after
     result = run_experiment(spec, map_fn=map_fn, device=args.device)
     m = result.metrics
     print(f"[{spec.name}] format {spec.format}: test acc {m['test_acc']:.3f}, test mAP {m['test_map']:.3f}, "

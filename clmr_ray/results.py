@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from . import TRAINING_CODE_VERSION, __version__, machine, storage
 from .config import ExperimentSpec, SpecError, from_dict, setup_of, spec_hash, to_dict
+from .data.base import DatasetError
 
 RECORD_SUFFIX = ".parquet"
 
@@ -109,11 +110,32 @@ def existing_run_ids(runs_dir) -> set[str]:
 
 
 def read_records(runs_dir) -> pd.DataFrame:
-    """Every record under runs_dir as one DataFrame (empty when there is none)."""
-    tables = [pq.read_table(p) for p in record_paths(runs_dir)]  # pyarrow reads URIs too
+    """Every record under runs_dir as one DataFrame (empty when there is none). A file that is no
+    readable record (truncated, or not Parquet: records are written whole, so something else damaged
+    it) stops this with one line naming it."""
+    tables = [_read_record(p) for p in record_paths(runs_dir)]
     if not tables:
         return pd.DataFrame()
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+def _read_record(path) -> pa.Table:
+    try:
+        return pq.read_table(path)  # pyarrow reads URIs too
+    except (pa.ArrowInvalid, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetError(f"{path}: not a readable run record ({first}); move it away or delete it "
+                           "(an ablation re-runs a run whose record is gone)") from None
+
+
+def check_writable(runs_dir) -> None:
+    """Fail in one line, before anything trains, when run records cannot be written into runs_dir."""
+    try:
+        written = storage.write_text(runs_dir, ".write-check", "")
+    except OSError as exc:
+        raise DatasetError(f"{runs_dir}: run records cannot be written there ({exc.strerror or exc})") from None
+    if not storage.is_uri(written):
+        Path(written).unlink(missing_ok=True)
 
 
 def record_setup(spec_json: str) -> str:

@@ -18,7 +18,7 @@ from ..ablation_files import Ablation, Run, expand
 from ..config import merge
 from ..data.base import DatasetError
 from ..experiment import prepare_before_runs
-from ..results import existing_run_ids, read_records, setup_clashes
+from ..results import check_writable, existing_run_ids, read_records, setup_clashes
 from .pack import pack_trials, packed_overrides, share_text
 from .tasks import ensure_ray, ray_imap
 from .tune import concurrency_limit, run_trial, shared_encoders_for, trial_config, trial_resources
@@ -81,6 +81,8 @@ def run_ablation(ablation: Ablation, preset: str, *, results_dir="results", root
         more = f"; {len(clashes) - 1} more rows too" if len(clashes) > 1 else ""
         raise DatasetError(f"{runs_dir}: {clashes[0]}{more}; a table cell averages the seeds of one setup: "
                            "give these runs their own --results folder (or delete the old records)")
+    if todo:
+        check_writable(runs_dir)
     outcome = AblationOutcome(runs, skipped=[r.run_id for r in runs if r.run_id in done], runs_dir=runs_dir)
     if not todo:
         log(f"[{ablation.name}] all {len(runs)} runs already have records in {runs_dir}; nothing to train")

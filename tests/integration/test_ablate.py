@@ -178,3 +178,17 @@ def test_ctrl_c_stops_reproduce_with_130_and_a_rerun_hint(tmp_path):
     assert "clmr-ray: ablation 'table1' stopped with 0/5 runs recorded" in output
     assert "run the same command again" in output
     assert "[table2]" not in output and not (results / "table1.md").exists()
+
+
+def test_an_ablation_into_a_folder_it_cannot_write_fails_before_ray(tmp_path, one_row_ablation):
+    path = tmp_path / "one.yaml"
+    path.write_text(one_row_ablation("one"))
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    result = subprocess.run([sys.executable, "-m", "clmr_ray.cli", "ablate", str(path), "--preset", "tiny",
+                             "--results", str(blocked)], capture_output=True, text=True, check=False,
+                            env={**os.environ, "CLMR_RAY_DATA": str(tmp_path / "data")})
+    line = result.stderr.strip()
+    assert result.returncode == 2 and len(line.splitlines()) == 1, result.stderr
+    assert line.startswith(f"clmr-ray: error: {blocked / 'runs'}: run records cannot be written there")
+    assert not (tmp_path / "data").exists()

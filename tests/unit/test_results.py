@@ -77,3 +77,30 @@ def test_records_say_which_training_code_made_them_and_summaries_count_each_vers
     assert any(line.startswith("2 runs on ") and line.endswith(f"training code v{TRAINING_CODE_VERSION}")
                for line in lines)
     assert any(line.startswith("1 runs on ") and line.endswith("training code v1") for line in lines)
+
+
+def test_a_damaged_record_is_one_line_naming_it(tmp_path):
+    from clmr_ray.data.base import DatasetError
+
+    good = write_record(run_record(config.preset("tiny"), _result(0.1), run_id="good"), tmp_path)
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(DatasetError) as refused:
+        read_records(tmp_path)
+    message = str(refused.value)
+    assert message.startswith(f"{damaged}: not a readable run record") and "\n" not in message
+
+
+def test_a_results_folder_that_cannot_be_written_fails_before_anything_trains(tmp_path, capsys, monkeypatch):
+    """A file where the folder would go (as root, a read-only folder would still be written): `run --results`
+    and `ablate` refuse in one line before any data or encoder exists."""
+    from clmr_ray.cli import main
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    data = tmp_path / "data"
+    monkeypatch.setenv("CLMR_RAY_DATA", str(data))
+    assert main(["run", "--preset", "tiny", "--serial", "--results", str(blocked)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"clmr-ray: error: {blocked / 'runs'}: run records cannot be written there")
+    assert "\n" not in err and not data.exists()
