@@ -338,7 +338,7 @@ def cmd_prepare(args) -> int:
 
 def prepare_data(data: config.DataSpec, min_samples: int, *, cache_root=None, serial=False):
     """Scan (generating a synthetic corpus if needed) and cache one dataset; print a summary."""
-    from clmr_ray.experiment import prepare_dataset
+    from clmr_ray.experiment import decode_progress, prepare_dataset
 
     map_fn = map
     if not serial:
@@ -346,7 +346,8 @@ def prepare_data(data: config.DataSpec, min_samples: int, *, cache_root=None, se
 
         map_fn = ray_imap
     started = time.perf_counter()
-    listing, prepared, scanned = prepare_dataset(data, min_samples, map_fn=map_fn, cache_root=cache_root)
+    listing, prepared, scanned = prepare_dataset(data, min_samples, map_fn=map_fn, cache_root=cache_root,
+                                                 on_progress=decode_progress(data.dataset))
     elapsed = time.perf_counter() - scanned
     counts = prepared.manifest.get("counts", {})
     n_files = len(listing.tracks)

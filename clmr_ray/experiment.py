@@ -144,31 +144,49 @@ def prepare_before_runs(spec: ExperimentSpec, map_fn: Callable = map, log: Calla
     for uri in roots:
         log(f"{uri}: {mirror.check(uri)} files; each node fetches and prepares them in its first run")
     if not roots:
-        prepare_caches(spec, map_fn=map_fn)
+        prepare_caches(spec, map_fn=map_fn, log=log)
 
 
-def prepare_caches(spec: ExperimentSpec, map_fn: Callable = map
+def prepare_caches(spec: ExperimentSpec, map_fn: Callable = map, log: Callable[[str], None] | None = None
                    ) -> tuple[crop_cache.CropCache, crop_cache.CropCache]:
-    """(evaluation cache, pretraining cache); the same cache when no pretrain_data is set."""
+    """(evaluation cache, pretraining cache); the same cache when no pretrain_data is set. `log`: where
+    a cache being built reports its progress (decode_progress)."""
     def one(data):
-        _, prepared, _ = prepare_dataset(data, spec.pretrain.crop_samples, map_fn=map_fn)
+        progress = decode_progress(data.dataset, log) if log is not None else None
+        _, prepared, _ = prepare_dataset(data, spec.pretrain.crop_samples, map_fn=map_fn, on_progress=progress)
         return crop_cache.open_cache(prepared.path)
 
     evaluation = one(spec.data)
     return evaluation, (one(spec.pretrain_data) if spec.pretrain_data is not None else evaluation)
 
 
-def prepare_dataset(data: DataSpec, min_samples: int, *, map_fn: Callable = map, cache_root=None):
+def prepare_dataset(data: DataSpec, min_samples: int, *, map_fn: Callable = map, cache_root=None,
+                    on_progress: Callable[[int, int], None] | None = None):
     """Scan one dataset (generating a synthetic corpus if needed) and build or reuse its crop
     cache; returns (listing, PreparedCache, time the scan finished). A dataset given as a URI is
-    decoded in this process: its files are in this node's mirror, which other nodes' tasks cannot see."""
+    decoded in this process: its files are in this node's mirror, which other nodes' tasks cannot see.
+    on_progress(files decoded, files) while a cache is built."""
     if data.root is not None and storage.is_uri(data.root):
         map_fn = map
     listing = registry.scan(data, map_fn=map_fn)
     scanned = time.perf_counter()
     prepared = crop_cache.prepare(listing, data.sample_rate, min_samples=min_samples, dtype=data.cache_dtype,
-                                  cache_root=cache_root, map_fn=map_fn, **strict_policy(data))
+                                  cache_root=cache_root, map_fn=map_fn, on_progress=on_progress, **strict_policy(data))
     return listing, prepared, scanned
+
+
+def decode_progress(name: str, log: Callable[[str], None] = print, every_s: float = 10.0) -> Callable[[int, int], None]:
+    """An on_progress that logs `name: N/M files decoded (T s)` at most every `every_s` seconds, and at the last file."""
+    started = last = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if done == total or now - last >= every_s:
+            last = now
+            log(f"{name}: {done}/{total} files decoded ({now - started:.0f} s)")
+
+    return report
 
 
 def strict_policy(data: DataSpec) -> dict:

@@ -33,6 +33,7 @@ def test_prepare_with_ray_tasks_matches_serial(local_ray, tmp_path, monkeypatch,
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "synthetic: cached 60 files" in first and "train 30, valid 10, test 20" in first
+    assert "synthetic: 60/60 files decoded" in first  # progress while decoding; the last file always says so
     assert main(args) == 0
     assert "reused cache" in capsys.readouterr().out
 

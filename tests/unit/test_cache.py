@@ -170,3 +170,17 @@ def test_cache_errors(tmp_path, noise_file):
         track.path.write_bytes(b"")
     with pytest.raises(DatasetError, match="every file was rejected"):
         prepare(listing, 8000, min_samples=10, cache_root=tmp_path / "c")
+
+
+def test_decode_progress_says_at_most_every_interval_and_always_at_the_end():
+    from clmr_ray.experiment import decode_progress
+
+    lines = []
+    report = decode_progress("gtzan", lines.append, every_s=3600.0)
+    for done in range(1, 1001):
+        report(done, 1000)
+    assert len(lines) == 1 and lines[0].startswith("gtzan: 1000/1000 files decoded (")
+    every = decode_progress("gtzan", lines.append, every_s=0.0)
+    every(1, 2)
+    every(2, 2)
+    assert lines[1:] == ["gtzan: 1/2 files decoded (0 s)", "gtzan: 2/2 files decoded (0 s)"]
