@@ -129,13 +129,17 @@ def _read_record(path) -> pa.Table:
 
 
 def check_writable(runs_dir) -> None:
-    """Fail in one line, before anything trains, when run records cannot be written into runs_dir."""
-    try:
-        written = storage.write_text(runs_dir, ".write-check", "")
-    except OSError as exc:
-        raise DatasetError(f"{runs_dir}: run records cannot be written there ({exc.strerror or exc})") from None
-    if not storage.is_uri(written):
-        Path(written).unlink(missing_ok=True)
+    """Fail in one line, before anything trains, when run records cannot be written into runs_dir (a
+    local folder: its nearest existing folder must take files; creates nothing). URIs are not checked."""
+    if storage.is_uri(runs_dir):
+        return
+    existing = Path(runs_dir).expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DatasetError(f"{runs_dir}: run records cannot be written there ({existing} is a file)")
+    if not os.access(existing, os.W_OK):  # also false on a read-only mount, even for root
+        raise DatasetError(f"{runs_dir}: run records cannot be written there ({existing} is not writable)")
 
 
 def record_setup(spec_json: str) -> str:
