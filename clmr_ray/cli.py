@@ -17,10 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from clmr_ray import config, storage
+from clmr_ray import config, machine, storage
 from clmr_ray.config import SpecError
 from clmr_ray.data.base import DatasetError
-from clmr_ray.machine import device_arg
 
 ABLATIONS_DIR = Path(__file__).resolve().parent.parent / "ablations"
 
@@ -55,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # no command, or a bad argument: a usage line and exit 2
     if getattr(args, "portable_cpu", False):
-        from clmr_ray import machine
-
         machine.pin_portable_cpu()  # before torch runs an op here or in any Ray worker we start
+    machine.stop_on_sigterm_as_on_ctrl_c()
     try:
         return args.func(args) or 0
     except (SpecError, DatasetError) as exc:
@@ -138,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Pretrained encoders are stored by content hash under $CLMR_RAY_DATA/encoders and "
                        "reused by any later experiment that needs the same encoder.")
     _add_spec_args(p)
-    p.add_argument("--device", type=device_arg,
+    p.add_argument("--device", type=machine.device_arg,
                    help="cpu | cuda | cuda:N (default: cuda when scaling.use_gpu and available)")
     p.add_argument("--serial", action="store_true", help="prepare data in this process instead of Ray tasks")
     p.add_argument("--results", help="also write the run's Parquet record to RESULTS/runs/ (a folder or URI)")

@@ -104,3 +104,14 @@ def device_arg(text: str) -> str:
     if problem:
         raise argparse.ArgumentTypeError(f"{text}: {problem}")
     return text
+
+
+def stop_on_sigterm_as_on_ctrl_c() -> None:
+    """SIGTERM (what `ray job stop`, a scheduler or `kill` sends) stops this process as Ctrl-C does:
+    a run raises KeyboardInterrupt, Tune stops its trials and the command says how to go on. Call it
+    again after ray.init, whose own handler replaces it (a native stack dump, exit 134). Main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))

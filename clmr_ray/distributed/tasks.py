@@ -41,6 +41,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     else:  # "local": never attach to a cluster some `ray start` left recorded in /tmp/ray
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  configure_logging=True, logging_level="WARNING")
+    machine.stop_on_sigterm_as_on_ctrl_c()  # ray.init replaced it
 
 
 def set_up_working_dir_on_every_node(timeout_s: float = 300) -> None:

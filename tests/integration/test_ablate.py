@@ -157,9 +157,11 @@ def test_an_ablation_into_a_folder_of_another_setup_fails_before_ray(tmp_path, o
     assert not (tmp_path / "results" / "tune").exists() and not (tmp_path / "data").exists()
 
 
-def test_ctrl_c_stops_reproduce_with_130_and_a_rerun_hint(tmp_path):
-    """Ctrl-C during Table 1: Tune stops its trials and returns; the command must stop there too (no Table 2, no
-    tables), exit 130 and say how to go on, instead of carrying on as if Table 1 had finished."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_reproduce_with_130_and_a_rerun_hint(tmp_path, stop):
+    """Ctrl-C (or SIGTERM: `ray job stop`, a scheduler) during Table 1: Tune stops its trials and returns; the
+    command must stop there too (no Table 2, no tables), exit 130 and say how to go on, instead of carrying on as
+    if Table 1 had finished (SIGTERM: instead of Ray's native stack dump and exit 134)."""
     results = tmp_path / "results"
     driver = subprocess.Popen([sys.executable, "-m", "clmr_ray.cli", "reproduce", "--preset", "tiny", "--seeds", "0",
                                "--results", str(results), "--num-cpus", "2", "--set", "pretrain.epochs=500"],
@@ -172,7 +174,7 @@ def test_ctrl_c_stops_reproduce_with_130_and_a_rerun_hint(tmp_path):
             driver.kill()
             pytest.fail("no pretraining epoch before the deadline:\n" + "".join(seen[-40:]))
         seen.append(line)
-    driver.send_signal(signal.SIGINT)  # Ctrl-C
+    driver.send_signal(stop)
     output = "".join(seen) + driver.communicate(timeout=120)[0]
     assert driver.returncode == 130, output[-3000:]
     assert "clmr-ray: ablation 'table1' stopped with 0/5 runs recorded" in output

@@ -115,3 +115,24 @@ def test_run_records_of_one_setup_share_a_row_and_other_setups_get_their_own(tmp
     assert sorted(records.groupby("row").size()) == [1, 2]
     table = write_tables(records, tmp_path / "tables")["run"]["parquet"]
     assert sorted(pd.read_parquet(table)["n"]) == [1, 2]
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = subprocess.Popen([sys.executable, "-m", "clmr_ray.cli", "run", "--preset", "tiny", "--serial",
+                               "--set", "pretrain.epochs=500"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env={**os.environ, "CLMR_RAY_DATA": str(tmp_path)})
+    deadline, seen = time.time() + 120, []
+    while not any("epoch=2" in line for line in seen):
+        line = driver.stdout.readline()
+        assert line and time.time() < deadline, "".join(seen[-30:])
+        seen.append(line)
+    driver.send_signal(signal.SIGTERM)
+    output = driver.communicate(timeout=60)[0]
+    assert driver.returncode == 130 and output.strip().splitlines()[-1] == "clmr-ray: interrupted", output[-2000:]
+    assert not list((tmp_path / "encoders").glob("*.pt"))  # no partial encoder
