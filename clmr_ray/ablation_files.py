@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import config, storage
 from .config import ExperimentSpec, SpecError
-from .metrics import metric_names
+from .metrics import recorded_metric_names
 
 ROOT_ENV = {"gtzan": "GTZAN_ROOT", "mtat": "MTAT_ROOT"}
 
@@ -129,11 +129,11 @@ def load_ablation(path: str | Path) -> Ablation:
     if not _ID.match(str(name)):
         fail(f"name '{name}' must be letters, digits, _ . -")
     metrics = data.get("metrics", ["valid_map", "test_acc"])
-    recorded = {m for split in ("valid", "test") for labels in (False, True) for m in metric_names(split, labels)}
-    if not isinstance(metrics, list) or not all(isinstance(m, str) and m in recorded for m in metrics):
-        unknown = [m for m in metrics if m not in recorded] if isinstance(metrics, list) else [metrics]
-        close = difflib.get_close_matches(str(unknown[0]), sorted(recorded), n=1)
-        fail(f"metrics: {unknown[0]!r} is no metric a run records" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    recorded = recorded_metric_names("valid", "test")
+    for metric in metrics if isinstance(metrics, list) else [metrics]:
+        if not isinstance(metric, str) or metric not in recorded:
+            close = difflib.get_close_matches(str(metric), recorded, n=1)
+            fail(f"metrics: {metric!r} is no metric a run records" + (f" (did you mean '{close[0]}'?)" if close else ""))
     ablation = Ablation(name=str(name), title=str(data.get("title", name)), seeds=seeds, metrics=list(metrics),
                         base=base, rows=rows, path=path)
     for row in rows:  # every row must build, at every scale, before anything runs

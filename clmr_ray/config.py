@@ -526,7 +526,7 @@ def setup_of(spec: ExperimentSpec) -> dict:
 
 def setup_hash(spec: ExperimentSpec, length: int = 8) -> str:
     """Content hash of setup_of(spec): the same for every seed of one setup."""
-    return hashlib.sha256(json.dumps(setup_of(spec), sort_keys=True).encode()).hexdigest()[:length]
+    return spec_hash(setup_of(spec), length)
 
 
 def _hashable(obj):

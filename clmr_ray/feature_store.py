@@ -46,10 +46,13 @@ class FeatureStore:
         try:
             stored = safe_files.load_state(path)
             return {name: Features(split["x"], split["track_index"]) for name, split in stored["splits"].items()}
-        except (safe_files.RefusedFile, KeyError, TypeError) as exc:
-            log(f"features refused: {exc if isinstance(exc, safe_files.RefusedFile) else f'{path}: not a features file'}")
-            safe_files.remove(path)
-            return None
+        except safe_files.RefusedFile as exc:
+            reason = str(exc)
+        except (KeyError, TypeError):
+            reason = f"{path}: not a features file"
+        log(f"features refused: {reason}")
+        safe_files.remove(path)
+        return None
 
     def save(self, key: str, features: dict[str, Features]) -> Path:
         splits = {name: {"x": f.x.contiguous(), "track_index": f.track_index.contiguous()} for name, f in features.items()}

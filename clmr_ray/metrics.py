@@ -17,6 +17,12 @@ def metric_names(prefix: str, multilabel: bool) -> tuple[str, ...]:
     return tuple(f"{prefix}{level}_{name}" for level in ("", "_crop") for name in names)
 
 
+def recorded_metric_names(*prefixes: str) -> tuple[str, ...]:
+    """metric_names of these splits, single- and multi-label together, sorted."""
+    return tuple(sorted({name for prefix in prefixes for labels in (False, True)
+                         for name in metric_names(prefix, labels)}))
+
+
 def as_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from . import TRAINING_CODE_VERSION, __version__, machine, storage
 from .config import ExperimentSpec, SpecError, from_dict, setup_of, spec_hash, to_dict
 from .data.base import DatasetError
+from .safe_files import first_line
 
 RECORD_SUFFIX = ".parquet"
 
@@ -123,8 +124,7 @@ def _read_record(path) -> pa.Table:
     try:
         return pq.read_table(path)  # pyarrow reads URIs too
     except (pa.ArrowInvalid, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatasetError(f"{path}: not a readable run record ({first}); move it away or delete it "
+        raise DatasetError(f"{path}: not a readable run record ({first_line(exc)}); move it away or delete it "
                            "(an ablation re-runs a run whose record is gone)") from None
 
 
@@ -160,11 +160,8 @@ def spec_setup(spec: ExperimentSpec) -> str:
 def mixed_setups(records: pd.DataFrame) -> list[str]:
     """One line for each (table, row) whose records are runs of more than one setup (a cell's mean
     and std are over seeds of one setup), naming the first keys that differ."""
-    if records.empty or not {"table", "row", "spec_json"} <= set(records):
-        return []
     lines = []
-    for (table, row), runs in records.groupby(["table", "row"], sort=False):
-        setups = list(dict.fromkeys(runs["spec_json"].dropna().map(record_setup)))
+    for (table, row), setups in _setups_by_row(records).items():
         if len(setups) > 1:
             lines.append(f"{table} row '{row}' holds runs of {len(setups)} setups "
                          f"({_differences(json.loads(setups[0]), json.loads(setups[1]))})")
@@ -174,17 +171,25 @@ def mixed_setups(records: pd.DataFrame) -> list[str]:
 def setup_clashes(records: pd.DataFrame, planned: list[tuple[str, str, ExperimentSpec]]) -> list[str]:
     """One line for each planned run's (table, row) that already holds records of another setup:
     running it would pool two setups in one table cell."""
-    if records.empty or not {"table", "row", "spec_json"} <= set(records):
-        return []
-    lines = {}
+    held, lines = _setups_by_row(records), {}
     for table, row, spec in planned:
-        held = records[(records["table"] == table) & (records["row"] == row)]["spec_json"].dropna()
+        if (table, row) in lines or (table, row) not in held:
+            continue
         setup = spec_setup(spec)
-        other = next((s for s in dict.fromkeys(held.map(record_setup)) if s != setup), None)
-        if other is not None and (table, row) not in lines:
+        other = next((s for s in held[(table, row)] if s != setup), None)
+        if other is not None:
             lines[(table, row)] = (f"{table} row '{row}' already holds runs of another setup "
                                    f"({_differences(json.loads(other), json.loads(setup))})")
     return list(lines.values())
+
+
+def _setups_by_row(records: pd.DataFrame) -> dict[tuple, list[str]]:
+    """(table, row) -> the distinct setups (record_setup) of its records, each record parsed once."""
+    if records.empty or not {"table", "row", "spec_json"} <= set(records):
+        return {}
+    held = records.dropna(subset=["spec_json"])
+    setups = held["spec_json"].map(record_setup)
+    return {key: list(dict.fromkeys(group)) for key, group in setups.groupby([held["table"], held["row"]], sort=False)}
 
 
 def _differences(a: dict, b: dict, shown: int = 3) -> str:

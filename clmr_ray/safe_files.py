@@ -83,7 +83,7 @@ def load_state(path, shown: str | None = None) -> dict:
         raise RefusedFile(f"{shown}: holds more than tensors and plain data (it needs "
                           f"{needs.group(1) if needs else 'an object'}); refused, nothing in it was run") from None
     except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged archive
-        raise RefusedFile(f"{shown}: not a readable torch file ({_first_line(exc)}); not loaded") from None
+        raise RefusedFile(f"{shown}: not a readable torch file ({first_line(exc)}); not loaded") from None
 
 
 def remove(path) -> None:
@@ -92,6 +92,6 @@ def remove(path) -> None:
         each.unlink(missing_ok=True)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__

@@ -260,9 +260,9 @@ def sweep_from_dict(data: dict, where: str = "sweep", *, path: Path | None = Non
 
 def validation_metrics() -> tuple[str, ...]:
     """The valid_ metrics a run records, single- or multi-label (metrics.metric_names)."""
-    from .metrics import metric_names
+    from .metrics import recorded_metric_names
 
-    return tuple(sorted({*metric_names("valid", False), *metric_names("valid", True)}))
+    return recorded_metric_names("valid")
 
 
 def _param(key: str, raw, declared: dict[str, Param], all_keys: list[str], fail) -> Param:
